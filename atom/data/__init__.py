@@ -1,0 +1,1 @@
+"""Datasets: source formats, validation, the immutable dataset-version contract, augmentation policies."""
