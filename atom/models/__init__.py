@@ -1,0 +1,1 @@
+"""Models: backbones by name with their pretrained sources, the detector, its loss and post-processing."""

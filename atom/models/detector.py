@@ -1,0 +1,176 @@
+"""The detector: timm backbone (features_only) -> light FPN -> anchor-free FCOS-style head.
+
+One module serves training, evaluation, adaptation and export. Its preprocessing travels with it as data
+(`DetectorSpec`): letterbox the RGB image to `input_size` (longest side, aspect kept, padded bottom/right with 0),
+feed float pixels 0..255; the network normalises with the backbone's mean/std itself, so export and serving
+never guess. `forward` returns decoded boxes (xyxy, input pixels) and per-class scores for every location;
+`postprocess` applies score threshold, class-wise NMS and the detection cap.
+
+Latency shaped the head: three FPN levels (strides 8/16/32) and per-level towers of depthwise-separable
+convolutions with BatchNorm (folded away at export) instead of FCOS's 4-conv GroupNorm towers on five levels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms
+
+from atom.models.backbones import create_backbone, normalization
+
+
+@dataclass
+class DetectorSpec:
+    classes: list[str]
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    input_size: int = 320
+    fpn_channels: int = 64
+    head_channels: int = 96
+    head_convs: int = 2
+    freeze_stages: int = 2  # backbone stages (after the stem) kept frozen; -1 freezes nothing
+    freeze_bn: bool = True  # keep backbone BatchNorm in eval mode (small batches on CPU)
+    score_thresh: float = 0.05
+    nms_iou: float = 0.6
+    max_detections: int = 100
+    mean: list[float] = field(default_factory=list)  # 0..1 scale; filled from the backbone when empty
+    std: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.mean or not self.std:
+            mean, std = normalization(self.backbone)
+            self.mean, self.std = list(mean), list(std)
+        if not self.classes:
+            raise ValueError("a detector needs at least one class")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+STRIDES = (8, 16, 32)
+# Object sizes (longest box side of the regression target) each level is responsible for, FCOS-style.
+SIZE_RANGES = ((0, 64), (64, 128), (128, 1e8))
+
+
+def _sep_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class LightFPN(nn.Module):
+    def __init__(self, in_channels: list[int], channels: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.smooth = nn.ModuleList(_sep_conv(channels, channels) for _ in in_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        lat = [conv(f) for conv, f in zip(self.lateral, feats)]
+        for i in range(len(lat) - 2, -1, -1):
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        return [conv(x) for conv, x in zip(self.smooth, lat)]
+
+
+class Head(nn.Module):
+    """Per level: a tower of depthwise-separable convs shared by classification, box and centerness outputs."""
+
+    def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int, levels: int):
+        super().__init__()
+        self.towers = nn.ModuleList(
+            nn.Sequential(*[_sep_conv(in_channels if i == 0 else channels, channels) for i in range(num_convs)])
+            for _ in range(levels))
+        out = channels if num_convs else in_channels
+        self.cls = nn.ModuleList(nn.Conv2d(out, num_classes, 1) for _ in range(levels))
+        self.reg = nn.ModuleList(nn.Conv2d(out, 5, 1) for _ in range(levels))  # l, t, r, b, centerness
+        prior = 0.01  # focal-loss prior: start with few confident background scores
+        for conv in self.cls:
+            nn.init.constant_(conv.bias, -torch.log(torch.tensor((1 - prior) / prior)).item())
+            nn.init.normal_(conv.weight, std=0.01)
+
+    def forward(self, feats):
+        towers = [tower(f) for tower, f in zip(self.towers, feats)]
+        return [(cls(t), reg(t)) for cls, reg, t in zip(self.cls, self.reg, towers)]
+
+
+class Detector(nn.Module):
+    def __init__(self, spec: DetectorSpec):
+        super().__init__()
+        self.spec = spec
+        self.backbone = create_backbone(spec.backbone, out_indices=(2, 3, 4), pretrained=spec.pretrained)
+        self.neck = LightFPN(self.backbone.feature_info.channels(), spec.fpn_channels)
+        self.head = Head(spec.fpn_channels, spec.head_channels, spec.head_convs, len(spec.classes), len(STRIDES))
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255, persistent=False)
+        self._freeze()
+
+    # -- training-time helpers
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.spec.freeze_stages < 0:
+            return []
+        stem = [m for n, m in self.backbone.named_children() if n in ("conv_stem", "bn1")]
+        return stem + list(self.backbone.blocks[: self.spec.freeze_stages])
+
+    def _freeze(self):
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.spec.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    # -- network
+    def forward_raw(self, images: torch.Tensor):
+        """images: B x 3 x H x W float RGB 0..255. Returns per-location cls logits (B,N,C), ltrb distances in
+        pixels (B,N,4), centerness logits (B,N), and the locations (N,2) with their strides (N,)."""
+        x = (images - self.mean) / self.std
+        levels = self.head(self.neck(self.backbone(x)))
+        cls, reg, ctr, points, strides = [], [], [], [], []
+        for (c, r), stride in zip(levels, STRIDES):
+            b, _, h, w = c.shape
+            cls.append(c.flatten(2).transpose(1, 2))
+            r = r.flatten(2).transpose(1, 2)
+            reg.append(F.softplus(r[..., :4]) * stride)
+            ctr.append(r[..., 4])
+            ys, xs = torch.meshgrid(torch.arange(h, device=c.device), torch.arange(w, device=c.device), indexing="ij")
+            points.append(torch.stack([xs, ys], -1).reshape(-1, 2).float() * stride + stride // 2)
+            strides.append(torch.full((h * w,), float(stride), device=c.device))
+        return torch.cat(cls, 1), torch.cat(reg, 1), torch.cat(ctr, 1), torch.cat(points), torch.cat(strides)
+
+    def forward(self, images: torch.Tensor):
+        """Decoded outputs for every location: boxes (B,N,4) xyxy in input pixels, scores (B,N,C) in 0..1."""
+        cls, reg, ctr, points, _ = self.forward_raw(images)
+        boxes = torch.cat([points - reg[..., :2], points + reg[..., 2:]], -1)
+        scores = torch.sqrt(torch.sigmoid(cls) * torch.sigmoid(ctr).unsqueeze(-1))
+        return boxes, scores
+
+    # -- inference
+    def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor, scales=None) -> list[dict]:
+        return postprocess(boxes, scores, self.spec, scales)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, scales=None) -> list[dict]:
+        return self.postprocess(*self(images), scales)
+
+
+def postprocess(boxes, scores, spec: DetectorSpec, scales=None) -> list[dict]:
+    """Per image: keep (location, class) pairs over score_thresh, class-wise NMS, top max_detections.
+    `scales` (one per image) maps letterboxed coordinates back to the original image (divide)."""
+    results = []
+    for i in range(boxes.shape[0]):
+        s = scores[i]
+        loc, cls = (s > spec.score_thresh).nonzero(as_tuple=True)
+        b, sc = boxes[i][loc], s[loc, cls]
+        if sc.numel() > 1000:  # bound NMS work on a poorly trained model
+            top = sc.topk(1000).indices
+            b, sc, cls = b[top], sc[top], cls[top]
+        keep = batched_nms(b, sc, cls, spec.nms_iou)[: spec.max_detections]
+        b = b[keep] / (scales[i] if scales is not None else 1.0)
+        results.append({"boxes": b, "scores": sc[keep], "labels": cls[keep]})
+    return results
