@@ -1,0 +1,49 @@
+"""Torch datasets over a dataset version: augmented for training, letterboxed as-is for evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from atom.data.augment import build_policy
+from atom.data.version import DatasetVersion
+from atom.models.preprocess import letterbox, read_rgb
+
+
+class DetectionDataset(Dataset):
+    """Items: (image float CHW 0..255, target {'boxes' xyxy input px, 'labels' 0-based}, meta {'image_id', 'scale'}).
+    With `policy` None the image is only letterboxed (evaluation); otherwise the named augmentation applies."""
+
+    def __init__(self, version: DatasetVersion, split: str, input_size: int, policy: str | None = None,
+                 image_ids: list[int] | None = None):
+        self.version, self.input_size = version, input_size
+        coco = version.coco(split)
+        self.images = [im for im in coco["images"] if image_ids is None or im["id"] in set(image_ids)]
+        self.boxes = {im["id"]: [] for im in coco["images"]}
+        for a in coco["annotations"]:
+            x, y, w, h = a["bbox"]
+            self.boxes[a["image_id"]].append((x, y, x + w, y + h, a["category_id"] - 1))
+        self.transform = build_policy(policy, input_size) if policy else None
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        info = self.images[i]
+        image = read_rgb(self.version.root / info["file_name"])
+        rows = np.array(self.boxes[info["id"]], np.float32).reshape(-1, 5)
+        if self.transform is None:
+            image, scale = letterbox(image, self.input_size)
+            boxes, labels = rows[:, :4] * scale, rows[:, 4]
+        else:
+            out = self.transform(image=image, bboxes=rows[:, :4], labels=rows[:, 4])
+            image, boxes, labels, scale = out["image"], np.asarray(out["bboxes"]), np.asarray(out["labels"]), 1.0
+        target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  "labels": torch.as_tensor(labels, dtype=torch.long).reshape(-1)}
+        return torch.from_numpy(image).permute(2, 0, 1).float(), target, {"image_id": info["id"], "scale": scale}
+
+
+def collate(batch):
+    images, targets, metas = zip(*batch)
+    return torch.stack(images), list(targets), list(metas)

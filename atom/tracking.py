@@ -1,0 +1,116 @@
+"""MLflow tracking and the model registry: where runs go, how a model version is registered and found.
+
+Embedded default: `sqlite:///<output_dir>/mlflow.db` with artifacts under `<output_dir>/mlartifacts`;
+`MLFLOW_TRACKING_URI` switches to a server. A model version carries its lineage as tags (dataset name,
+version and fingerprint, git commit, config) and a pickled Detector (mlflow.pytorch flavour).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from atom import PROJECT_ROOT
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+PIP_REQUIREMENTS = ["torch", "torchvision", "timm"]  # given explicitly: inference of requirements costs ~10 s
+
+
+def tracking_uri(output_dir: Path | str) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output_dir).resolve()}/mlflow.db"
+
+
+def artifact_location(output_dir: Path | str, uri: str) -> str | None:
+    """Artifacts beside the embedded store; a server decides for itself."""
+    return (Path(output_dir).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+
+
+def configure(output_dir: Path | str) -> str:
+    import mlflow
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(output_dir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, output_dir: Path | str) -> str:
+    import mlflow
+
+    uri = configure(output_dir)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location(output_dir, uri))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    run_id: str
+    tags: dict
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def register_detector(detector, run_id: str, name: str, tags: dict[str, str], alias: str | None) -> ModelRef:
+    """Log the detector to the run, register it as a new version of `name`, tag it with its lineage."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(detector, name="detector", serialization_format="pickle",
+                                        pip_requirements=PIP_REQUIREMENTS)
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    client = MlflowClient()
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return ModelRef(name, str(mv.version), run_id, dict(tags))
+
+
+def resolve_model(ref: str) -> ModelRef:
+    """'name@alias', 'name/version' or 'name/latest' -> a registered model version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            if alias.lower() == "latest":
+                mv = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), default=None)
+                if mv is None:
+                    raise MlflowException(f"registered model {name!r} has no versions")
+            else:
+                mv = client.get_model_version_by_alias(name, alias)
+        elif "/" in ref:
+            name, version = ref.rsplit("/", 1)
+            mv = client.get_model_version(name, version)
+        else:
+            raise ValueError(f"model reference {ref!r}: expected NAME@ALIAS or NAME/VERSION")
+    except MlflowException as e:
+        raise LookupError(f"model {ref!r} not found in the registry at {client.tracking_uri}: {e.message}") from None
+    return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags))
+
+
+def load_detector(ref: ModelRef):
+    import mlflow.pytorch
+
+    return mlflow.pytorch.load_model(ref.uri, map_location="cpu").eval()

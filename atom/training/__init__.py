@@ -1,0 +1,1 @@
+"""Lightning parts of the recipes: the detection LightningModule and LightningDataModule."""

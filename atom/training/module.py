@@ -1,0 +1,69 @@
+"""LightningModule for the detector: FCOS loss, AdamW with warm-up + cosine schedule, per-epoch COCO val mAP."""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from atom.evaluation import coco_evaluate, to_coco_results
+from atom.models.detector import Detector, DetectorSpec
+from atom.models.loss import fcos_loss
+
+
+class DetectionModule(pl.LightningModule):
+    def __init__(self, spec: dict, lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 50,
+                 backbone_lr_scale: float = 0.5, channels_last: bool = True, val_gt: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["val_gt"])
+        self.detector = Detector(DetectorSpec(**spec))
+        if channels_last:
+            self.detector.to(memory_format=torch.channels_last)
+        self.val_gt = val_gt
+        self._val_results: list[dict] = []
+
+    def training_step(self, batch, _):
+        images, targets, _ = batch
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        losses = fcos_loss(self.detector.forward_raw(images), targets)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(images))
+        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(images))
+        return losses["loss"]
+
+    def validation_step(self, batch, _):
+        images, _, metas = batch
+        dets = self.detector.predict(images, [m["scale"] for m in metas])
+        for meta, det in zip(metas, dets):
+            self._val_results.extend(to_coco_results(meta["image_id"], det))
+
+    def on_validation_epoch_end(self):
+        if self.val_gt is None:
+            return
+        metrics, _ = coco_evaluate(self.val_gt, self._val_results)
+        self._val_results = []
+        self.log("val/mAP50", metrics["mAP50"], prog_bar=True)
+        self.log("val/mAP50_95", metrics["mAP50_95"], prog_bar=True)
+
+    def configure_optimizers(self):
+        backbone = [p for p in self.detector.backbone.parameters() if p.requires_grad]
+        rest = [p for n, p in self.detector.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        lr = self.hparams.lr
+        optimizer = torch.optim.AdamW([{"params": backbone, "lr": lr * self.hparams.backbone_lr_scale},
+                                       {"params": rest, "lr": lr}], lr=lr, weight_decay=self.hparams.weight_decay)
+        total = max(self._total_steps(), 1)
+        warmup = min(self.hparams.warmup_steps, total // 3)
+
+        def factor(step):  # linear warm-up, then cosine to 5% of the peak
+            if step < warmup:
+                return (step + 1) / warmup
+            t = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        # A time-bounded run has no known step count: plan the schedule on max_epochs (the run may stop early).
+        return int(self.trainer.estimated_stepping_batches)

@@ -1,0 +1,127 @@
+"""Train a detector on a dataset version, evaluate it on the held-out split, register it in MLflow.
+
+    python -m recipes.train experiment=vehicles      (or: atom train experiment=vehicles)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import recipes  # noqa: F401  (registers the config resolvers)
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Returns the held-out metrics plus the registered model's name and version."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import mlflow
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from atom import tracking
+    from atom.data.version import open_version
+    from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
+    from atom.training.datamodule import DetectionDataModule
+    from atom.training.module import DetectionModule
+
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(cfg.threads)
+    version = open_version(Path(cfg.paths.datasets), cfg.data.name, cfg.data.version)
+    model_cfg = OmegaConf.to_container(cfg.model)
+    channels_last = model_cfg.pop("channels_last", False)
+    spec = {**model_cfg, "classes": version.classes}
+    test_split = cfg.data.test_split if version.has_split(cfg.data.test_split) else cfg.data.val_split
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    uri = tracking.configure(cfg.paths.output_dir)
+    tracking.ensure_experiment(cfg.tracking.experiment, cfg.paths.output_dir)
+    run_id_file = run_dir / "mlflow_run_id"
+    resume_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resuming = bool(cfg.resume) and resume_ckpt.exists()
+    if cfg.resume and not resuming:
+        log.warning("resume requested but %s does not exist; starting a new run", resume_ckpt)
+    logger = MLFlowLogger(
+        experiment_name=cfg.tracking.experiment, run_name=cfg.run_name, tracking_uri=uri,
+        artifact_location=tracking.artifact_location(cfg.paths.output_dir, uri),
+        run_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
+        tags={"dataset.name": version.name, "dataset.version": version.card["version"],
+              "dataset.fingerprint": version.fingerprint, "git.commit": tracking.git_commit()})
+    run_id = logger.run_id
+    run_id_file.write_text(run_id)
+    logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    logger.experiment.log_artifact(run_id, str(config_file))
+
+    val_gt = version.coco(cfg.data.val_split)
+    module = DetectionModule(spec, channels_last=channels_last, val_gt=val_gt, **cfg.optim)
+    datamodule = DetectionDataModule(version, spec["input_size"], cfg.data.batch_size, cfg.data.num_workers,
+                                     cfg.data.policy, cfg.data.train_split, cfg.data.val_split)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
+    callbacks = [checkpoint]
+    if cfg.callbacks.rich_progress:
+        callbacks.append(RichProgressBar())
+    if cfg.callbacks.lr_monitor:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = pl.Trainer(logger=logger, callbacks=callbacks, default_root_dir=run_dir,
+                         **OmegaConf.to_container(cfg.trainer))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resuming else None)
+
+    if checkpoint.best_model_path:  # evaluate the best epoch, not merely the last
+        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(best["state_dict"])
+    detector = module.detector.to(memory_format=torch.contiguous_format).eval()
+
+    metrics, results, ev = evaluate(detector, detector.spec, version, test_split)
+    metrics = {"split": test_split, **metrics, "epochs": trainer.current_epoch,
+               "dataset_fingerprint": version.fingerprint}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    client = logger.experiment
+    client.log_metric(run_id, f"{test_split}/mAP50", metrics["mAP50"])
+    client.log_metric(run_id, f"{test_split}/mAP50_95", metrics["mAP50_95"])
+    for name, ap in metrics["per_class"].items():
+        client.log_metric(run_id, f"{test_split}/AP50/{name}", ap["AP50"])
+    for artifact in (run_dir / "metrics.json", plot_pr_curves(ev, version.classes, run_dir / "pr_curves.png"),
+                     prediction_grid(version, test_split, results, version.classes, run_dir / "predictions.jpg")):
+        client.log_artifact(run_id, str(artifact), "evaluation")
+
+    ref = tracking.register_detector(detector, run_id, cfg.tracking.model_name, {
+        "dataset.name": version.name, "dataset.version": version.card["version"],
+        "dataset.fingerprint": version.fingerprint, "git.commit": tracking.git_commit(),
+        f"{test_split}.mAP50": f"{metrics['mAP50']:.4f}", f"{test_split}.mAP50_95": f"{metrics['mAP50_95']:.4f}",
+    }, cfg.tracking.alias)
+    mlflow.end_run()
+    summary = {**metrics, "model_name": ref.name, "model_version": ref.version, "run_id": run_id}
+    (run_dir / "model_version.json").write_text(json.dumps(
+        {"name": ref.name, "version": ref.version, "run_id": run_id, "uri": ref.uri}, indent=1))
+    log.info("registered %s version %s (%s mAP50 %.3f)", ref.name, ref.version, test_split, metrics["mAP50"])
+    return summary
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
