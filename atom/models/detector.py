@@ -53,6 +53,7 @@ class DetectorSpec:
 STRIDES = (8, 16, 32)
 # Object sizes (longest box side of the regression target) each level is responsible for, FCOS-style.
 SIZE_RANGES = ((0, 64), (64, 128), (128, 1e8))
+PRE_NMS_TOP_K = 1000  # bounds NMS work on a poorly trained model
 
 
 def _sep_conv(cin: int, cout: int) -> nn.Sequential:
@@ -167,8 +168,8 @@ def postprocess(boxes, scores, spec: DetectorSpec, scales=None) -> list[dict]:
         s = scores[i]
         loc, cls = (s > spec.score_thresh).nonzero(as_tuple=True)
         b, sc = boxes[i][loc], s[loc, cls]
-        if sc.numel() > 1000:  # bound NMS work on a poorly trained model
-            top = sc.topk(1000).indices
+        if sc.numel() > PRE_NMS_TOP_K:
+            top = sc.topk(PRE_NMS_TOP_K).indices
             b, sc, cls = b[top], sc[top], cls[top]
         keep = batched_nms(b, sc, cls, spec.nms_iou)[: spec.max_detections]
         b = b[keep] / (scales[i] if scales is not None else 1.0)

@@ -1,0 +1,180 @@
+"""The `atom` command. Only argparse loads at start-up; each subcommand imports what it needs when it runs.
+
+This is the one place that dispatches upward into recipes/ and exporters/ (by module name, lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from atom import PROJECT_ROOT
+
+DATASETS_DIR = Path(os.environ.get("ATOM_DATASETS", PROJECT_ROOT / "datasets"))
+
+
+def _print_summary(version, report, new: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    card = version.card
+    console = Console()
+    splits = Table(title=f"dataset {card['name']} version {card['version']}" + ("" if new else " (unchanged)"))
+    splits.add_column("split")
+    splits.add_column("images", justify="right")
+    splits.add_column("boxes", justify="right")
+    for c in card["classes"]:
+        splits.add_column(c, justify="right")
+    for s, info in card["splits"].items():
+        splits.add_row(s, str(info["images"]), str(info["boxes"]), *map(str, info["boxes_per_class"].values()))
+    console.print(splits)
+    problems = Table(title="problems by kind")
+    problems.add_column("kind")
+    problems.add_column("count", justify="right")
+    problems.add_column("example")
+    for kind, count in report.counts().items():
+        first = report.of_kind(kind)[0]
+        problems.add_row(kind, str(count), f"{first.file}: {first.reason}")
+    console.print(problems if report.problems else "no problems found")
+    console.print(f"fingerprint {card['fingerprint']}\nwritten to {version.root} (report: report.json)")
+
+
+def cmd_data_import(args) -> int:
+    from atom.data.formats import read_source
+    from atom.data.version import DatasetError, write_version
+
+    try:
+        source = read_source(args.format, Path(args.path), images_root=args.images_root)
+        classes = args.classes.split(",") if args.classes else None
+        ratios = tuple(float(x) for x in args.split.split(","))
+        if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6:
+            raise DatasetError(f"--split {args.split!r}: give three ratios (train,val,test) that sum to 1")
+        version, new = write_version(source, Path(args.datasets), args.name, classes, ratios)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_summary(version, source.report, new)
+    return 0
+
+
+def cmd_data_sample(args) -> int:
+    from atom.data.synthetic import make_sample
+
+    print(make_sample(Path(args.out), args.images, args.seed))
+    return 0
+
+
+def cmd_data_list(args) -> int:
+    root = Path(args.datasets)
+    for pointer in sorted(root.glob("*/latest")):
+        versions = sorted(p.name for p in pointer.parent.iterdir() if (p / "card.json").exists())
+        print(f"{pointer.parent.name}: latest {pointer.read_text().strip()} (versions: {', '.join(versions)})")
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from atom.data.version import DatasetError, open_version
+
+    name, _, version = args.dataset.partition("@")
+    try:
+        print(json.dumps(open_version(Path(args.datasets), name, version or "latest").card, indent=1))
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _recipe(module: str, function: str, config: str, overrides: list[str]) -> int:
+    """Compose conf/<config>.yaml with the overrides and call recipes.<module>.<function>(cfg)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import importlib
+
+    from recipes import compose
+
+    if config != "train":  # `model` is the detector config group; the registered model has its own key
+        overrides = [f"registered_{o}" if o.startswith("model=") else o for o in overrides]
+    cfg = compose(config, overrides)
+    try:
+        result = getattr(importlib.import_module(f"recipes.{module}"), function)(cfg)
+    except (LookupError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # export and dataset errors carry their own clear message
+        if type(e).__name__ in ("ExportError", "FormatUnavailable", "DatasetError"):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import subprocess
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    rc = subprocess.call(["dvc", "repro"], cwd=PROJECT_ROOT, env=env)
+    if rc:
+        return rc
+    out = PROJECT_ROOT / "outputs"
+    metrics = json.loads((out / "runs/sample/metrics.json").read_text())
+    model = json.loads((out / "runs/sample/model_version.json").read_text())
+    bundle = out / "bundles" / model["name"] / f"v{model['version']}" / "onnx"
+    print(f"\nheld-out split: {metrics['split']}  mAP50 {metrics['mAP50']:.3f}  mAP50:95 {metrics['mAP50_95']:.3f}")
+    print(f"MLflow model: {model['name']} version {model['version']}  ({model['uri']})")
+    print(f"bundle: {bundle}" + ("" if (bundle / "manifest.json").exists() else "  (missing!)"))
+    print(f"browse runs: mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atom", description="ATOM: city-scene detector production platform")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset versions: import, list, show, make the synthetic sample")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    imp = dsub.add_parser("import", help="validate a labeled source and write it as a dataset version")
+    imp.add_argument("path", help="dataset folder or file (YOLO data.yaml folder, VOC root, COCO JSON, LS export)")
+    imp.add_argument("--format", required=True, choices=["yolo", "voc", "coco", "labelstudio"])
+    imp.add_argument("--name", required=True, help="dataset name (versions go to DATASETS/NAME/)")
+    imp.add_argument("--classes", help="comma-separated class list; labels outside it are reported and dropped")
+    imp.add_argument("--images-root", help="Label Studio local-files root that image URLs resolve against")
+    imp.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test ratios when the source has no splits")
+    imp.add_argument("--datasets", default=str(DATASETS_DIR), help="where dataset versions live")
+    imp.set_defaults(func=cmd_data_import)
+    smp = dsub.add_parser("sample", help="write the synthetic street-scene sample as a Label Studio export")
+    smp.add_argument("out", nargs="?", default=str(PROJECT_ROOT / "datasets" / "sample-src"))
+    smp.add_argument("--images", type=int, default=240)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.set_defaults(func=cmd_data_sample)
+    lst = dsub.add_parser("list", help="list datasets and their versions")
+    lst.add_argument("--datasets", default=str(DATASETS_DIR))
+    lst.set_defaults(func=cmd_data_list)
+    show = dsub.add_parser("show", help="print a dataset version's card (NAME or NAME@VERSION)")
+    show.add_argument("dataset")
+    show.add_argument("--datasets", default=str(DATASETS_DIR))
+    show.set_defaults(func=cmd_data_show)
+
+    for name, module, function, config, text in [
+        ("train", "train", "train", "train", "train, evaluate and register a detector (Hydra overrides)"),
+        ("evaluate", "evaluate", "evaluate", "evaluate", "evaluate a registered model: model=NAME@ALIAS"),
+        ("export", "export", "export", "export", "export a registered model to a verified bundle: model=NAME@ALIAS"),
+    ]:
+        cmd = sub.add_parser(name, help=text, description=f"{text}. Overrides are Hydra's KEY=VALUE "
+                             f"(see conf/{config}.yaml), e.g. experiment=vehicles trainer.max_epochs=5.")
+        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        cmd.set_defaults(func=lambda a, m=module, f=function, c=config: _recipe(m, f, c, a.overrides))
+
+    demo = sub.add_parser("demo", help="run the sample pipeline (dvc repro: prepare, train, evaluate, export)")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Make a verified bundle from a registered model version, place it atomically, and log it to MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.ops import box_iou
+
+import atom
+from atom.data.loader import DetectionDataset, collate
+from atom.data.version import DatasetVersion
+from atom.evaluation import coco_evaluate, to_coco_results
+from atom.models.detector import PRE_NMS_TOP_K, postprocess
+from atom.tracking import ModelRef
+from exporters import ExportError, format_module, resolve_format
+
+
+def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: float, map_tol: float,
+           batch_size: int = 8) -> dict:
+    """Compare the exported model with PyTorch on a real split: detections matched as sets per image (same class,
+    boxes within box_rtol relative error), and COCO mAP equal within map_tol. Detections present on one side only
+    are tolerated only at the score threshold or the detection cap, where rounding decides."""
+    spec = detector.spec
+    loader = DataLoader(DetectionDataset(version, split, spec.input_size), batch_size=batch_size, collate_fn=collate)
+    torch_results, export_results = [], []
+    worst_rel, matched, borderline, failures = 0.0, 0, 0, []
+    with torch.no_grad():
+        for images, _, metas in loader:
+            scales = [m["scale"] for m in metas]
+            ours = postprocess(*detector(images), spec, scales)
+            theirs = postprocess(*detect(images), spec, scales)
+            for meta, a, b in zip(metas, ours, theirs):
+                torch_results += to_coco_results(meta["image_id"], a)
+                export_results += to_coco_results(meta["image_id"], b)
+                m, border, rel, problem = _match(a, b, spec.score_thresh)
+                matched, borderline, worst_rel = matched + m, borderline + border, max(worst_rel, rel)
+                if problem:
+                    failures.append(f"image {meta['image_id']}: {problem}")
+    gt = version.coco(split)
+    map_torch = coco_evaluate(gt, torch_results)[0]
+    map_export = coco_evaluate(gt, export_results)[0]
+    diffs = {k: abs(map_torch[k] - map_export[k]) for k in ("mAP50", "mAP50_95")}
+    if worst_rel > box_rtol:
+        failures.append(f"box error {worst_rel:.2e} relative exceeds {box_rtol:.0e}")
+    failures += [f"{k} differs by {d:.4f} (> {map_tol})" for k, d in diffs.items() if d > map_tol]
+    return {"split": split, "images": len(loader.dataset), "matched_detections": matched,
+            "borderline_detections": borderline, "max_box_error_relative": worst_rel,
+            "pytorch": {k: map_torch[k] for k in ("mAP50", "mAP50_95")},
+            "exported": {k: map_export[k] for k in ("mAP50", "mAP50_95")},
+            "map_abs_diff": diffs, "tolerances": {"box_rtol": box_rtol, "map_tol": map_tol},
+            "passed": not failures, "failures": failures[:20]}
+
+
+def _match(a: dict, b: dict, score_thresh: float, border: float = 1e-3):
+    """Greedy set matching of two detection sets. Returns (matched, borderline, worst relative error, problem)."""
+    unmatched_b = set(range(len(b["scores"])))
+    matched, worst, problem = 0, 0.0, None
+    iou = box_iou(a["boxes"], b["boxes"]) if len(a["scores"]) and len(b["scores"]) else None
+    leftovers = []
+    for i in torch.argsort(a["scores"], descending=True).tolist():
+        candidates = [j for j in unmatched_b if b["labels"][j] == a["labels"][i]]
+        if iou is None or not candidates:
+            leftovers.append(a["scores"][i].item())
+            continue
+        j = max(candidates, key=lambda j: iou[i, j].item())
+        err = (a["boxes"][i] - b["boxes"][j]).abs() / a["boxes"][i].abs().clamp(min=1.0)
+        if iou[i, j] < 0.5:
+            leftovers.append(a["scores"][i].item())
+            continue
+        unmatched_b.discard(j)
+        matched += 1
+        worst = max(worst, err.max().item())
+    leftovers += [b["scores"][j].item() for j in unmatched_b]
+    lowest = min([*a["scores"].tolist(), *b["scores"].tolist()], default=0.0)
+    not_borderline = [s for s in leftovers if s - score_thresh > border and s - lowest > border]
+    if not_borderline:
+        problem = f"{len(not_borderline)} detections found by only one model (scores {not_borderline[:3]})"
+    return matched, len(leftovers) - len(not_borderline), worst, problem
+
+
+def latency_ms(fn, sample: torch.Tensor, runs: int = 20, warmup: int = 3) -> float:
+    """Median wall time of fn(sample) in milliseconds."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(sample)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn(sample)
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: DatasetVersion, report: dict,
+             tracking_uri: str, args: dict) -> dict:
+    spec = detector.spec
+    size, n_classes = spec.input_size, len(spec.classes)
+    return {
+        "schema": "atom.bundle/1",
+        "model": {
+            "format": fmt_name,
+            "file": file,
+            "architecture": f"{spec.backbone} + FPN(P3-P5, {spec.fpn_channels}) + FCOS-style head",
+            "classes": spec.classes,
+            "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32"},
+            "outputs": [
+                {"name": "boxes", "shape": ["batch", "locations", 4], "layout": "x0,y0,x1,y1 in input pixels"},
+                {"name": "scores", "shape": ["batch", "locations", n_classes],
+                 "layout": "per-class score in 0..1, class index = position in classes"},
+            ],
+            "export_args": args,
+        },
+        "preprocess": {
+            "color": "RGB", "layout": "NCHW", "dtype": "float32", "pixel_range": [0, 255],
+            "resize": {"mode": "letterbox", "longest_side": size, "interpolation": "bilinear",
+                       "pad": "bottom-right", "pad_value": 0},
+            "normalize": {"mean": spec.mean, "std": spec.std, "scale": "0..1", "done_inside_model": True},
+        },
+        "postprocess": {
+            "score_threshold": spec.score_thresh, "pre_nms_top_k": PRE_NMS_TOP_K,
+            "nms": {"per_class": True, "iou_threshold": spec.nms_iou}, "max_detections": spec.max_detections,
+            "to_original_pixels": "divide box coordinates by the letterbox scale (longest_side / max(h, w))",
+        },
+        "source": {
+            "registered_model": ref.name, "version": ref.version, "run_id": ref.run_id,
+            "tracking_uri": tracking_uri.split("@")[-1],  # never carry credentials into a bundle
+            "dataset": {"name": version.name, "version": version.card["version"],
+                        "fingerprint": version.fingerprint},
+            "git_commit": ref.tags.get("git.commit", "unknown"),
+            "metrics": {k: v for k, v in ref.tags.items() if "mAP" in k},
+            "verification": {k: report["verification"][k] for k in ("pytorch", "exported", "passed")},
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "atom_version": atom.__version__,
+        },
+    }
+
+
+def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: str, args: dict, verify_cfg: dict,
+                bundles_dir: Path, tracking_uri: str) -> tuple[Path, dict]:
+    """Export, verify, write manifest and report, then move the bundle into place. Raises ExportError on a failed
+    verification; an existing bundle for the same version stays as it was until the new one is complete."""
+    fmt, args = resolve_format(format_name, args)
+    module = format_module(fmt)
+    if version.fingerprint != ref.tags.get("dataset.fingerprint", version.fingerprint):
+        raise ExportError(f"{version.root}: dataset fingerprint differs from the one model {ref.uri} was trained on")
+    target = Path(bundles_dir) / ref.name / f"v{ref.version}" / format_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{format_name}-", dir=target.parent))
+    try:
+        size = detector.spec.input_size
+        sample = torch.zeros(1, 3, size, size)
+        model_file = module.export(detector, sample, tmp, **args)
+        detect = module.runner(model_file, **args)
+        verification = verify(detector, detect, version, verify_cfg["split"], verify_cfg["box_rtol"],
+                              verify_cfg["map_tol"])
+        if not verification["passed"]:
+            raise ExportError(f"{format_name} export of {ref.uri} failed verification: {verification['failures']}")
+        real = torch.from_numpy(_first_image(version, verify_cfg["split"], size))
+        report = {"verification": verification, "latency_ms_batch1": {
+            "pytorch": latency_ms(detector, real), format_name: latency_ms(detect, real), "input_size": size,
+            "threads": torch.get_num_threads()}}
+        (tmp / "export_report.json").write_text(json.dumps(report, indent=1))
+        doc = manifest(format_name, model_file.name, detector, ref, version, report, tracking_uri, args)
+        doc["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / "manifest.json").write_text(json.dumps(doc, indent=1))
+        _swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, report
+
+
+def _first_image(version: DatasetVersion, split: str, size: int):
+    from atom.models.preprocess import letterbox, read_rgb, to_batch
+
+    info = version.coco(split)["images"][0]
+    return to_batch([letterbox(read_rgb(version.root / info["file_name"]), size)[0]])
+
+
+def _swap_into_place(new: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".replaced-{target.name}-{os.getpid()}")
+        os.rename(target, old)
+    os.rename(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def log_bundle(ref: ModelRef, bundle: Path, format_name: str) -> str:
+    """Attach the bundle to the model version: artifacts on its run, a tag on the version pointing at them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    path = f"bundles/{format_name}"
+    client.log_artifacts(ref.run_id, str(bundle), path)
+    uri = f"runs:/{ref.run_id}/{path}"
+    client.set_model_version_tag(ref.name, ref.version, f"bundle.{format_name}", uri)
+    return uri
