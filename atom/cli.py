@@ -113,8 +113,11 @@ def _recipe(module: str, function: str, config: str, overrides: list[str]) -> in
 def cmd_demo(args) -> int:
     import subprocess
 
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    rc = subprocess.call(["dvc", "repro"], cwd=PROJECT_ROOT, env=env)
+    # The stages call `atom`: put this environment's scripts first on PATH.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    rc = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=PROJECT_ROOT, env=env)
     if rc:
         return rc
     out = PROJECT_ROOT / "outputs"

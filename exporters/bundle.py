@@ -28,7 +28,7 @@ from exporters import ExportError, format_module, resolve_format
 def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: float, map_tol: float,
            batch_size: int = 8) -> dict:
     """Compare the exported model with PyTorch on a real split: detections matched as sets per image (same class,
-    boxes within box_rtol relative error), and COCO mAP equal within map_tol. Detections present on one side only
+    box coordinates within box_rtol of the image's longest side), and COCO mAP equal within map_tol. Detections present on one side only
     are tolerated only at the score threshold or the detection cap, where rounding decides."""
     spec = detector.spec
     loader = DataLoader(DetectionDataset(version, split, spec.input_size), batch_size=batch_size, collate_fn=collate)
@@ -42,7 +42,7 @@ def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: floa
             for meta, a, b in zip(metas, ours, theirs):
                 torch_results += to_coco_results(meta["image_id"], a)
                 export_results += to_coco_results(meta["image_id"], b)
-                m, border, rel, problem = _match(a, b, spec.score_thresh)
+                m, border, rel, problem = _match(a, b, spec.score_thresh, spec.input_size / meta["scale"])
                 matched, borderline, worst_rel = matched + m, borderline + border, max(worst_rel, rel)
                 if problem:
                     failures.append(f"image {meta['image_id']}: {problem}")
@@ -61,8 +61,10 @@ def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: floa
             "passed": not failures, "failures": failures[:20]}
 
 
-def _match(a: dict, b: dict, score_thresh: float, border: float = 1e-3):
-    """Greedy set matching of two detection sets. Returns (matched, borderline, worst relative error, problem)."""
+def _match(a: dict, b: dict, score_thresh: float, image_side: float, border: float = 1e-3):
+    """Greedy set matching of two detection sets. Returns (matched, borderline, worst box error relative to the
+    image side, problem). Relative to the image, not to each coordinate: float differences in the network are
+    absolute, and a coordinate near 0 would make a per-coordinate ratio meaningless."""
     unmatched_b = set(range(len(b["scores"])))
     matched, worst, problem = 0, 0.0, None
     iou = box_iou(a["boxes"], b["boxes"]) if len(a["scores"]) and len(b["scores"]) else None
@@ -73,7 +75,7 @@ def _match(a: dict, b: dict, score_thresh: float, border: float = 1e-3):
             leftovers.append(a["scores"][i].item())
             continue
         j = max(candidates, key=lambda j: iou[i, j].item())
-        err = (a["boxes"][i] - b["boxes"][j]).abs() / a["boxes"][i].abs().clamp(min=1.0)
+        err = (a["boxes"][i] - b["boxes"][j]).abs() / image_side
         if iou[i, j] < 0.5:
             leftovers.append(a["scores"][i].item())
             continue

@@ -24,7 +24,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ref, detector, version = load_registered(cfg)
     split = cfg.split if version.has_split(cfg.split) else "val"
     metrics, results, ev = coco_eval(detector, detector.spec, version, split)
-    out = Path(cfg.paths.output_dir) / "evaluations" / ref.name / f"v{ref.version}"
+    out = Path(cfg.output or Path(cfg.paths.output_dir) / "evaluations" / ref.name / f"v{ref.version}")
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"model": ref.uri, "split": split, **metrics, "dataset_fingerprint": version.fingerprint}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

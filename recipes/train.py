@@ -30,6 +30,7 @@ def train(cfg: DictConfig) -> dict:
     from atom import tracking
     from atom.data.version import open_version
     from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
+    from atom.training.callbacks import TrainThroughput
     from atom.training.datamodule import DetectionDataModule
     from atom.training.module import DetectionModule
 
@@ -68,7 +69,8 @@ def train(cfg: DictConfig) -> dict:
     datamodule = DetectionDataModule(version, spec["input_size"], cfg.data.batch_size, cfg.data.num_workers,
                                      cfg.data.policy, cfg.data.train_split, cfg.data.val_split)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
-    callbacks = [checkpoint]
+    throughput = TrainThroughput()
+    callbacks = [checkpoint, throughput]
     if cfg.callbacks.rich_progress:
         callbacks.append(RichProgressBar())
     if cfg.callbacks.lr_monitor:
@@ -84,7 +86,7 @@ def train(cfg: DictConfig) -> dict:
 
     metrics, results, ev = evaluate(detector, detector.spec, version, test_split)
     metrics = {"split": test_split, **metrics, "epochs": trainer.current_epoch,
-               "dataset_fingerprint": version.fingerprint}
+               "train_images_per_s": round(throughput.images_per_s, 2), "dataset_fingerprint": version.fingerprint}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     client = logger.experiment
     client.log_metric(run_id, f"{test_split}/mAP50", metrics["mAP50"])

@@ -1,0 +1,104 @@
+"""Shared fixtures. Real parts only: real images, real MLflow stores and servers, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from atom import PROJECT_ROOT  # noqa: E402
+
+SHARED = PROJECT_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not SHARED.exists():
+        pytest.skip(f"needs ../shared/datasets ({SHARED} not found; CI always has it)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def sample_export(tmp_path_factory) -> Path:
+    """A small synthetic Label Studio export (60 images)."""
+    from atom.data.synthetic import make_sample
+
+    return make_sample(tmp_path_factory.mktemp("sample-src"), n_images=60, seed=1)
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, sample_export):
+    """A throw-away project: datasets/ holding the sample version, outputs/ for runs and the embedded MLflow store."""
+    from atom.data.formats import read_source
+    from atom.data.version import write_version
+
+    root = tmp_path_factory.mktemp("project")
+    version, _ = write_version(read_source("labelstudio", sample_export), root / "datasets", "sample",
+                               split_ratios=(0.6, 0.2, 0.2))
+    return {"root": root, "datasets": root / "datasets", "outputs": root / "outputs", "version": version}
+
+
+def tiny_overrides(project, run_name: str = "tiny") -> list[str]:
+    """Shrink a training run to seconds through config only."""
+    return [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
+            f"run_name={run_name}", "model.input_size=128", "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "data.batch_size=4",
+            "callbacks.rich_progress=false", "model.score_thresh=0.01"]
+
+
+@pytest.fixture(scope="session")
+def trained(project):
+    """A tiny detector trained through the Hydra recipe and registered in the embedded MLflow store."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    from recipes import compose
+    from recipes.train import train
+
+    cfg = compose("train", ["experiment=sample", *tiny_overrides(project)])
+    return {"cfg": cfg, "result": train(cfg)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 (sqlite backend, served artifacts), shared by the session."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited early; log: {(root / 'server.log').read_text()[-2000:]}")
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.terminate()
+        pytest.fail("mlflow server did not become healthy within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()

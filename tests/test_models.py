@@ -1,0 +1,90 @@
+"""Backbones, the offline ImageNet weight mapping, augmentation policies, detector assignment and decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from atom.data.augment import POLICIES, build_policy
+from atom.models.backbones import create_backbone, load_pretrained_classifier
+from atom.models.detector import Detector, DetectorSpec
+from atom.models.loss import assign, fcos_loss
+
+
+def _classify(model, image: np.ndarray) -> torch.Tensor:
+    im = Image.fromarray(image)
+    s = 256 / min(im.size)
+    im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), Image.BICUBIC)
+    left, top = (im.size[0] - 224) // 2, (im.size[1] - 224) // 2
+    x = torch.from_numpy(np.array(im.crop((left, top, left + 224, top + 224)))).permute(2, 0, 1).float()
+    with torch.no_grad():
+        return model(((x / 255 - 0.5) / 0.5)[None]).softmax(-1)[0]
+
+
+def test_efficientnet_lite0_weight_mapping_classifies_known_images():
+    skimage_data = pytest.importorskip("skimage.data")
+    model = load_pretrained_classifier("tf_efficientnet_lite0")
+    p = _classify(model, skimage_data.coffee())
+    assert p.argmax().item() == 967 and p[967] > 0.9  # espresso
+    top3 = _classify(model, skimage_data.chelsea()).topk(3).indices.tolist()
+    assert set(top3) & {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+
+
+def test_backbone_without_offline_weights_warns_and_still_works():
+    with pytest.warns(UserWarning, match="random initialisation"):
+        backbone = create_backbone("mobilenetv3_small_050", out_indices=(2, 3, 4))
+    assert len(backbone(torch.zeros(1, 3, 128, 128))) == 3
+
+
+def test_detector_with_another_timm_backbone_trains():
+    with pytest.warns(UserWarning):
+        detector = Detector(DetectorSpec(classes=["a"], backbone="mobilenetv3_small_050", freeze_stages=-1))
+    raw = detector.forward_raw(torch.rand(2, 3, 128, 128) * 255)
+    loss = fcos_loss(raw, [{"boxes": torch.tensor([[10.0, 10, 60, 70]]), "labels": torch.tensor([0])},
+                           {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    loss["loss"].backward()
+    assert torch.isfinite(loss["loss"]) and loss["loss_box"] > 0
+
+
+def test_assignment_picks_locations_inside_the_box_at_the_right_level():
+    points = torch.tensor([[20.0, 20.0], [44.0, 44.0], [200.0, 200.0], [40.0, 40.0]])
+    strides = torch.tensor([8.0, 8.0, 8.0, 32.0])
+    idx, ltrb = assign(points, strides, torch.tensor([[10.0, 10, 50, 50]]))
+    # inside the centre region at stride 8, outside the box, and too small a box for stride 32
+    assert idx.tolist() == [0, -1, -1, -1]
+    assert ltrb[0].tolist() == [10, 10, 30, 30]
+
+
+def test_decoded_boxes_follow_the_locations():
+    detector = Detector(DetectorSpec(classes=["a", "b"], pretrained=False)).eval()
+    boxes, scores = detector(torch.zeros(1, 3, 128, 128))
+    n = (128 // 8) ** 2 + (128 // 16) ** 2 + (128 // 32) ** 2
+    assert boxes.shape == (1, n, 4) and scores.shape == (1, n, 2)
+    assert (boxes[..., 2] > boxes[..., 0]).all() and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_frozen_batchnorm_stays_in_eval_mode():
+    detector = Detector(DetectorSpec(classes=["a"], pretrained=False)).train()
+    bns = [m for m in detector.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert not any(p.requires_grad for p in detector.backbone.conv_stem.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_policies_keep_boxes_inside_the_letterbox(name):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    policy = build_policy(name, 160)
+    for _ in range(5):
+        out = policy(image=image, bboxes=np.array([[10, 20, 200, 220], [250, 5, 319, 60]], np.float32),
+                     labels=np.array([0, 1]))
+        assert out["image"].shape == (160, 160, 3)
+        boxes = np.asarray(out["bboxes"]).reshape(-1, 4)
+        assert ((boxes >= 0) & (boxes <= 160)).all() and len(boxes) == len(out["labels"])
+
+
+def test_unknown_policy_is_an_error():
+    with pytest.raises(ValueError, match="unknown augmentation policy 'mosaic9'"):
+        build_policy("mosaic9", 320)

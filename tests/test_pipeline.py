@@ -1,0 +1,150 @@
+"""The spine end to end, shrunk through config: Hydra-composed training, resume, COCO evaluation, registration in
+the embedded MLflow store, and verified export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from mlflow import MlflowClient
+
+from atom import PROJECT_ROOT, tracking
+from exporters import FORMATS, ExportError, FormatUnavailable, resolve_format
+from recipes import compose
+from recipes.evaluate import evaluate
+from recipes.export import export
+from recipes.train import train
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg = compose("train", [f"experiment={experiment}"])
+    assert cfg.data.name and cfg.model.backbone and cfg.trainer.accelerator == "cpu"
+
+
+def test_gpu_trainer_config_sets_mixed_precision():
+    cfg = compose("train", ["trainer=gpu"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "16-mixed"
+
+
+def test_tiny_training_registers_a_model_version(trained, project):
+    result, cfg = trained["result"], trained["cfg"]
+    assert set(result) >= {"mAP50", "mAP50_95", "per_class", "model_name", "model_version"}
+    assert 0.0 <= result["mAP50"] <= 1.0 and set(result["per_class"]) == {"bus", "car", "pedestrian"}
+    run_dir = Path(cfg.paths.run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["mAP50"] == result["mAP50"]
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+    tracking.configure(project["outputs"])
+    assert tracking.tracking_uri(project["outputs"]).startswith("sqlite:///")
+    ref = tracking.resolve_model(f"{result['model_name']}@candidate")
+    assert ref.version == result["model_version"]
+    assert ref.tags["dataset.fingerprint"] == project["version"].fingerprint
+    assert ref.tags["git.commit"]
+    run = MlflowClient().get_run(ref.run_id)
+    assert run.data.params["model.backbone"] == "tf_efficientnet_lite0"
+    assert "test/mAP50" in run.data.metrics or "val/mAP50" in run.data.metrics
+    artifacts = {a.path for a in MlflowClient().list_artifacts(ref.run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/pr_curves.png", "evaluation/predictions.jpg"} <= artifacts
+    detector = tracking.load_detector(ref)
+    assert detector.spec.classes == ["bus", "car", "pedestrian"]
+
+
+def test_resume_continues_an_interrupted_run(project):
+    first = train(compose("train", ["experiment=sample", *tiny_overrides(project, "resumable")]))
+    assert first["epochs"] == 1
+    resumed = train(compose("train", ["experiment=sample", *tiny_overrides(project, "resumable"),
+                                      "trainer.max_epochs=2", "resume=true"]))
+    assert resumed["epochs"] == 2 and resumed["run_id"] == first["run_id"]
+
+
+def test_evaluate_recipe_writes_metrics(trained, project):
+    cfg = compose("evaluate", [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
+                               f"registered_model={trained['result']['model_name']}@candidate"])
+    result = evaluate(cfg)
+    assert json.loads((Path(result["output"]) / "metrics.json").read_text())["mAP50"] == result["mAP50"]
+    assert (Path(result["output"]) / "pr_curves.png").stat().st_size > 1000
+
+
+def _export_cfg(project, model, *extra):
+    return compose("export", [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
+                              f"registered_model={model}", *extra])
+
+
+def test_onnx_export_is_verified_and_logged(trained, project):
+    name, version = trained["result"]["model_name"], trained["result"]["model_version"]
+    result = export(_export_cfg(project, f"{name}/{version}"))
+    bundle = Path(result["bundle"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for file, digest in manifest["files"].items():
+        assert hashlib.sha256((bundle / file).read_bytes()).hexdigest() == digest
+    assert set(manifest) >= {"model", "preprocess", "postprocess", "source"}
+    assert manifest["source"]["dataset"]["fingerprint"] == project["version"].fingerprint
+    model = onnx.load(str(bundle / "model.onnx"))
+    assert model.opset_import[0].version >= 17
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch
+    verification = json.loads((bundle / "export_report.json").read_text())["verification"]
+    assert verification["passed"] and verification["max_box_error_relative"] <= 1e-4
+    assert verification["map_abs_diff"]["mAP50"] <= 0.001
+    assert verification["matched_detections"] > 0
+    mv = MlflowClient().get_model_version(name, version)
+    assert mv.tags["bundle.onnx"] == result["mlflow_artifacts"]
+    logged = {a.path for a in MlflowClient().list_artifacts(mv.run_id, "bundles/onnx")}
+    assert "bundles/onnx/manifest.json" in logged
+
+
+def test_failed_verification_fails_the_export_and_keeps_the_old_bundle(trained, project):
+    name, version = trained["result"]["model_name"], trained["result"]["model_version"]
+    good = Path(export(_export_cfg(project, f"{name}/{version}"))["bundle"])
+    before = (good / "manifest.json").read_bytes()
+    # A negative tolerance cannot be met: the export must refuse and leave the previous bundle alone.
+    with pytest.raises(ExportError, match="failed verification"):
+        export(_export_cfg(project, f"{name}/{version}", "export.verify.map_tol=-1"))
+    assert (good / "manifest.json").read_bytes() == before
+    assert not [p for p in good.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_export_arguments_are_checked_against_the_formats_table():
+    with pytest.raises(ExportError, match="does not accept"):
+        resolve_format("onnx", {"half": True})
+    with pytest.raises(ExportError, match="opset >= 17"):
+        resolve_format("onnx", {"opset": 13})
+    with pytest.raises(ExportError, match="unknown export format"):
+        resolve_format("coreml")
+    assert set(FORMATS) >= {"onnx", "tensorrt"}
+
+
+def test_tensorrt_is_reported_unavailable_without_tensorrt(trained, project):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(FormatUnavailable, match="tensorrt"):
+            export(_export_cfg(project, f"{trained['result']['model_name']}@candidate", "export.format=tensorrt",
+                               "export.args={opset: 17}"))
+    else:
+        pytest.skip("TensorRT is installed here: the unavailable path cannot be exercised")
+
+
+def test_unknown_model_is_a_clear_error(trained, project):
+    with pytest.raises(LookupError, match="not found in the registry"):
+        export(_export_cfg(project, "no-such-model@candidate"))
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("experiment,fmt,path", [("vehicles", "yolo", "vehicles"), ("bccd", "voc", "bccd")])
+def test_real_dataset_experiments_train(experiment, fmt, path, shared_datasets, tmp_path):
+    from atom.data.formats import read_source
+    from atom.data.version import write_version
+
+    write_version(read_source(fmt, shared_datasets / path), tmp_path / "datasets", experiment)
+    result = train(compose("train", [f"experiment={experiment}", *tiny_overrides(
+        {"datasets": tmp_path / "datasets", "outputs": tmp_path / "outputs"}, experiment), "data.num_workers=0"]))
+    assert result["model_name"] == f"atom-{experiment}" and result["epochs"] == 1
