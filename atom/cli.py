@@ -19,6 +19,8 @@ def _print_summary(version, report, new: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from atom.data.report import PROBLEM_KINDS
+
     card = version.card
     console = Console()
     splits = Table(title=f"dataset {card['name']} version {card['version']}" + ("" if new else " (unchanged)"))
@@ -30,14 +32,20 @@ def _print_summary(version, report, new: bool) -> None:
     for s, info in card["splits"].items():
         splits.add_row(s, str(info["images"]), str(info["boxes"]), *map(str, info["boxes_per_class"].values()))
     console.print(splits)
-    problems = Table(title="problems by kind")
-    problems.add_column("kind")
-    problems.add_column("count", justify="right")
-    problems.add_column("example")
-    for kind, count in report.counts().items():
-        first = report.of_kind(kind)[0]
-        problems.add_row(kind, str(count), f"{first.file}: {first.reason}")
-    console.print(problems if report.problems else "no problems found")
+    if report.problems:
+        problems = Table(title="problems by kind")
+        problems.add_column("kind")
+        problems.add_column("count", justify="right")
+        problems.add_column("what happens")
+        for kind, count in report.counts().items():
+            problems.add_row(kind, str(count), PROBLEM_KINDS[kind])
+        console.print(problems)
+        for p in report.problems[:20]:
+            console.print(f"  {p.kind}: {p.file}: {p.reason}", soft_wrap=True, highlight=False)
+        if len(report.problems) > 20:
+            console.print(f"  ... {len(report.problems) - 20} more in report.json")
+    else:
+        console.print("no problems found")
     console.print(f"fingerprint {card['fingerprint']}\nwritten to {version.root} (report: report.json)")
 
 

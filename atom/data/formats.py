@@ -46,8 +46,9 @@ def read_yolo(path: Path, **_) -> Source:
             raise DatasetError(f"{data_yaml}: split {split_key!r} folder {spec[split_key]!r} not found")
         label_dir = image_dir.parent / "labels" if image_dir.name == "images" else image_dir
         for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            samples.append(Sample(image, _read_yolo_labels(label_dir / f"{image.stem}.txt", names, report),
-                                  normalize_split(split_key)))
+            label_file = label_dir / f"{image.stem}.txt"
+            samples.append(Sample(image, _read_yolo_labels(label_file, names, report), normalize_split(split_key),
+                                  str(label_file)))
     return Source(samples, list(names), report, f"yolo:{data_yaml}")
 
 
@@ -108,7 +109,7 @@ def read_voc(path: Path, **_) -> Source:
                 continue
             # VOC pixel indices are 1-based and inclusive; keep them as given (BCCD and most tools do).
             boxes.append(Box((obj.findtext("name") or "").strip(), *coords))
-        samples.append(Sample(root / "JPEGImages" / filename, boxes, splits.get(xml_file.stem)))
+        samples.append(Sample(root / "JPEGImages" / filename, boxes, splits.get(xml_file.stem), str(xml_file)))
     if splits:  # images listed in a split file but without annotation are reported, not silently lost
         for stem in sorted(set(splits) - {Path(s.image).stem for s in samples}):
             report.add("missing_split_file", root / "Annotations" / f"{stem}.xml", "listed in ImageSets/Main")
@@ -160,7 +161,7 @@ def read_coco(path: Path, **_) -> Source:
             else:
                 boxes[image_id].append(Box(cats[cat], x, y, x + w, y + h))
         for image_id, im in images.items():
-            samples.append(Sample(file.parent / im["file_name"], boxes[image_id], split))
+            samples.append(Sample(file.parent / im["file_name"], boxes[image_id], split, f"{file}#image={image_id}"))
     return Source(samples, classes, report, f"coco:{path}")
 
 
@@ -203,7 +204,7 @@ def read_labelstudio(path: Path, images_root: Path | None = None, **_) -> Source
                 continue
             # Percent coordinates: to_pixels scales by the real image size, then rotates in pixel space.
             boxes.append(Box(label, x, y, x + w, y + h, normalized=True, rotation=float(v.get("rotation") or 0)))
-        samples.append(Sample(image, boxes))
+        samples.append(Sample(image, boxes, None, where))
     return Source(samples, None, report, f"labelstudio:{path}")
 
 

@@ -45,6 +45,7 @@ class Sample:
     image: Path
     boxes: list[Box]
     split: str | None = None  # None: the dataset builder assigns one deterministically
+    origin: str = ""  # where the boxes came from (label file, XML, task), named in box problems
 
 
 @dataclass

@@ -114,22 +114,23 @@ def _place(src: Path, dst: Path) -> None:
 
 def _validated_boxes(sample, width, height, class_ids, report: ImportReport) -> list[tuple[int, list[float]]]:
     boxes = []
+    where = sample.origin or sample.image
     for box in sample.boxes:
         if box.label not in class_ids:
-            report.add("unknown_label", sample.image, f"label {box.label!r} is not in the class list")
+            report.add("unknown_label", where, f"label {box.label!r} is not in the class list")
             continue
         if box.rotation:
-            report.add("rotated_box", sample.image, f"rotation {box.rotation:g} deg -> enclosing axis-aligned box")
+            report.add("rotated_box", where, f"rotation {box.rotation:g} deg -> enclosing axis-aligned box")
         x0, y0, x1, y1 = box.to_pixels(width, height)
         cx0, cy0 = min(max(x0, 0.0), width), min(max(y0, 0.0), height)
         cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
         if cx1 - cx0 < 1 or cy1 - cy0 < 1:
-            report.add("degenerate_box", sample.image, f"box {[round(v, 1) for v in (x0, y0, x1, y1)]} "
-                       f"has no area inside the {width}x{height} image")
+            report.add("degenerate_box", where, f"box {[round(v, 1) for v in (x0, y0, x1, y1)]} has zero size "
+                       f"or lies outside the {width}x{height} image {sample.image.name}")
             continue
         if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
-            report.add("clipped_box", sample.image, f"box {[round(v, 1) for v in (x0, y0, x1, y1)]} "
-                       f"clipped to the {width}x{height} image")
+            report.add("clipped_box", where, f"box {[round(v, 1) for v in (x0, y0, x1, y1)]} "
+                       f"clipped to the {width}x{height} image {sample.image.name}")
         boxes.append((class_ids[box.label], [round(v, 3) for v in (cx0, cy0, cx1, cy1)]))
     return boxes
 
