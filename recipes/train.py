@@ -28,7 +28,7 @@ def train(cfg: DictConfig) -> dict:
     from pytorch_lightning.loggers import MLFlowLogger
 
     from atom import tracking
-    from atom.data.version import open_version
+    from atom.data.version import DatasetError, open_version
     from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
     from atom.training.callbacks import TrainThroughput
     from atom.training.datamodule import DetectionDataModule
@@ -40,6 +40,10 @@ def train(cfg: DictConfig) -> dict:
     model_cfg = OmegaConf.to_container(cfg.model)
     channels_last = model_cfg.pop("channels_last", False)
     spec = {**model_cfg, "classes": version.classes}
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        if not version.has_split(split):
+            raise DatasetError(f"{version.root}: dataset version has no {split!r} images; re-import it with a "
+                               f"split (sources without splits are split by `--split`)")
     test_split = cfg.data.test_split if version.has_split(cfg.data.test_split) else cfg.data.val_split
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +86,8 @@ def train(cfg: DictConfig) -> dict:
     if checkpoint.best_model_path:  # evaluate the best epoch, not merely the last
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(best["state_dict"])
-    detector = module.detector.to(memory_format=torch.contiguous_format).eval()
+    # Evaluation, registration and export work on CPU in the standard memory layout, wherever training ran.
+    detector = module.detector.cpu().to(memory_format=torch.contiguous_format).eval()
 
     metrics, results, ev = evaluate(detector, detector.spec, version, test_split)
     metrics = {"split": test_split, **metrics, "epochs": trainer.current_epoch,
