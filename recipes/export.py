@@ -1,7 +1,7 @@
 """Export a registered model version to a verified bundle and attach it to the version in MLflow.
 
     atom export model=atom-sample@candidate                  (ONNX, verified against PyTorch on val images)
-    atom export model=atom-sample/3 export.format=tensorrt   (needs TensorRT; reported as unavailable otherwise)
+    atom export model=atom-sample/3 export=tensorrt   (needs TensorRT; reported as unavailable otherwise)
 """
 
 from __future__ import annotations

@@ -63,8 +63,11 @@ def train(cfg: DictConfig) -> dict:
               "dataset.fingerprint": version.fingerprint, "git.commit": tracking.git_commit()})
     run_id = logger.run_id
     run_id_file.write_text(run_id)
-    logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
-    config_file = run_dir / "config.yaml"
+    if resuming:  # MLflow params are immutable: the resumed run keeps its first config; the new one is an artifact
+        logger.experiment.set_tag(run_id, "resumed", "true")
+    else:
+        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
+    config_file = run_dir / ("config-resumed.yaml" if resuming else "config.yaml")
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     logger.experiment.log_artifact(run_id, str(config_file))
 
