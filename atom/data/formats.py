@@ -181,7 +181,7 @@ def read_labelstudio(path: Path, images_root: Path | None = None, **_) -> Source
     samples = []
     for task in tasks:
         where = f"{path}#task={task.get('id')}"
-        image = _resolve_task_image(task.get("data", {}), root, where, report)
+        image = resolve_task_image(task.get("data", {}), root, where, report)
         if image is None:
             continue
         annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
@@ -208,7 +208,7 @@ def read_labelstudio(path: Path, images_root: Path | None = None, **_) -> Source
     return Source(samples, None, report, f"labelstudio:{path}")
 
 
-def _resolve_task_image(data: dict, root: Path, where: str, report: ImportReport) -> Path | None:
+def resolve_task_image(data: dict, root: Path, where: str, report: ImportReport) -> Path | None:
     url = data.get("image") or next((v for v in data.values() if isinstance(v, str)), None)
     if not url:
         report.add("missing_image", where, "task has no image URL in its data")

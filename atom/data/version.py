@@ -95,7 +95,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_image_size(path: Path) -> tuple[int, int]:
+def read_image_size(path: Path) -> tuple[int, int]:
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
@@ -157,7 +157,7 @@ def write_version(
             report.add("missing_image", sample.image, "image file not found")
             continue
         try:
-            width, height = _read_image_size(sample.image)
+            width, height = read_image_size(sample.image)
         except Exception as e:  # PIL raises several types for bad files
             report.add("corrupt_image", sample.image, f"cannot decode image: {e}")
             continue

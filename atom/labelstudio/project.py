@@ -1,0 +1,224 @@
+"""A scene's Label Studio project: create it (idempotently), pull its annotations into a dataset version, push
+model predictions or existing labels as pre-annotations.
+
+Images are served by Label Studio's local-files storage: every image lies under the server's document root
+(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) and tasks point at it as /data/local-files/?d=<path under the root>.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+from atom.data.formats import IMAGE_SUFFIXES, read_labelstudio, resolve_task_image
+from atom.data.report import ImportReport
+from atom.data.source import Box
+from atom.data.version import DatasetVersion, read_image_size, write_version
+from atom.labelstudio.connection import Connection, LabelStudioError
+
+FROM_NAME, TO_NAME = "label", "image"
+
+
+@dataclass(frozen=True)
+class Scene:
+    name: str
+    classes: list[str]
+    images: Path  # the folder of the scene's images, under the document root
+
+    @property
+    def title(self) -> str:
+        return f"atom:{self.name}"
+
+
+def label_config(classes: list[str]) -> str:
+    labels = "\n".join(f"    <Label value={quoteattr(c)}/>" for c in classes)
+    return (f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n'
+            f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}\n  </RectangleLabels>\n</View>')
+
+
+def task_url(image: Path, document_root: Path) -> str:
+    rel = Path(image).resolve().relative_to(Path(document_root).resolve())
+    return f"/data/local-files/?d={rel.as_posix()}"
+
+
+def box_result(box: Box, width: int, height: int, score: float | None = None) -> dict:
+    """One RectangleLabels result in Label Studio's percent coordinates."""
+    x0, y0, x1, y1 = box.to_pixels(width, height)
+    result = {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "rectanglelabels",
+              "original_width": width, "original_height": height, "image_rotation": 0,
+              "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
+                        "height": 100 * (y1 - y0) / height, "rotation": 0, "rectanglelabels": [box.label]}}
+    if score is not None:
+        result["score"] = score
+    return result
+
+
+class SceneProject:
+    def __init__(self, conn: Connection, scene: Scene, document_root: Path):
+        self.conn, self.scene, self.document_root = conn, scene, Path(document_root).resolve()
+        self.client = conn.client()
+        self._id: int | None = None
+
+    # -- project and storage
+    @property
+    def id(self) -> int:
+        if self._id is None:
+            project = self._find()
+            if project is None:
+                raise LabelStudioError(f"no Label Studio project {self.scene.title!r}: run `atom label init` first")
+            self._id = project.id
+        return self._id
+
+    def _find(self):
+        projects = self.conn.call("list projects", lambda: list(self.client.projects.list(title=self.scene.title)))
+        return next((p for p in projects if p.title == self.scene.title), None)
+
+    def ensure(self) -> dict:
+        """Project (created or label config updated), local-files storage, one task per image. Idempotent."""
+        images_dir = Path(self.scene.images).resolve()
+        if not images_dir.is_relative_to(self.document_root):
+            raise LabelStudioError(f"{images_dir}: scene images must lie under the local-files document root "
+                                   f"{self.document_root}")
+        config = label_config(self.scene.classes)
+        project = self._find()
+        if project is None:
+            project = self.conn.call("create project", self.client.projects.create,
+                                     title=self.scene.title, label_config=config)
+        elif project.label_config != config:
+            self.conn.call("update label config", self.client.projects.update, id=project.id, label_config=config)
+        self._id = project.id
+        storages = self.conn.call("list storages", self.client.import_storage.local.list, project=self.id)
+        if not any(Path(s.path).resolve() == images_dir for s in storages):
+            self.conn.call("connect local-files storage", self.client.import_storage.local.create,
+                           project=self.id, path=str(images_dir), use_blob_urls=True, title=f"{self.scene.name} images")
+        images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        created = self.import_tasks([{"data": {"image": task_url(p, self.document_root)}} for p in images])
+        return {"project_id": self.id, "images": len(images), "tasks_created": created}
+
+    def tasks(self) -> list:
+        return self.conn.call("list tasks", lambda: list(self.client.tasks.list(project=self.id, fields="all")))
+
+    def import_tasks(self, tasks: list[dict], batch: int = 500) -> int:
+        """Import tasks whose image has no task yet (so re-running never duplicates). Returns how many."""
+        existing = {t.data.get("image") for t in self.tasks()}
+        new = [t for t in tasks if t["data"]["image"] not in existing]
+        for i in range(0, len(new), batch):
+            self.conn.call("import tasks", self.client.projects.import_tasks, id=self.id, request=new[i:i + batch])
+        return len(new)
+
+    # -- existing labels as pre-annotations
+    def import_labeled(self, source, as_annotations: bool = False, model_version: str = "imported") -> dict:
+        """A labeled source (any importer's Source) as pre-annotations for review (predictions), or as
+        annotations. Images without a task get one; existing tasks get the labels unless they already have
+        annotations (or a prediction of that model_version). Samples outside the document root, unreadable
+        images and unknown labels are reported, not imported."""
+        report = source.report
+        labeled = {}  # task URL -> results
+        for sample in source.samples:
+            if not Path(sample.image).resolve().is_relative_to(self.document_root):
+                report.add("outside_root", sample.image, f"not under the document root {self.document_root}")
+                continue
+            try:
+                width, height = read_image_size(sample.image)
+            except Exception as e:  # noqa: BLE001  (PIL raises several types for bad files)
+                report.add("corrupt_image" if Path(sample.image).exists() else "missing_image", sample.image, str(e))
+                continue
+            results = []
+            for box in sample.boxes:
+                if box.label not in self.scene.classes:
+                    report.add("unknown_label", sample.origin or sample.image, f"label {box.label!r} not in scene")
+                    continue
+                results.append(box_result(box, width, height))
+            labeled[task_url(sample.image, self.document_root)] = results
+        existing = {t.data.get("image"): t for t in self.tasks()}
+        if as_annotations:
+            new = [{"data": {"image": url}, "annotations": [{"result": r}]} for url, r in labeled.items()
+                   if url not in existing]
+            for url, results in labeled.items():
+                task = existing.get(url)
+                if task is not None and not task.total_annotations:
+                    self.conn.call("create annotation", self.client.annotations.create, id=task.id, result=results)
+        else:
+            new = [{"data": {"image": url}, "predictions": [{"result": r, "model_version": model_version}]}
+                   for url, r in labeled.items() if url not in existing]
+            predicted = self._tasks_predicted_by(model_version)
+            self._import_predictions([{"task": existing[url].id, "result": r, "model_version": model_version}
+                                      for url, r in labeled.items()
+                                      if url in existing and existing[url].id not in predicted])
+        return {"tasks_created": self.import_tasks(new), "labeled": len(labeled), "problems": report.counts()}
+
+    def _tasks_predicted_by(self, model_version: str) -> set[int]:
+        predictions = self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id)))
+        return {p.task for p in predictions if p.model_version == model_version}
+
+    def _import_predictions(self, request: list[dict], batch: int = 500) -> None:
+        for i in range(0, len(request), batch):
+            self.conn.call("import predictions", self.client.projects.import_predictions, id=self.id,
+                           request=request[i:i + batch])
+
+    # -- pull
+    def export_json(self) -> list[dict]:
+        def download():
+            chunks = self.client.projects.exports.download_sync(id=self.id, export_type="JSON",
+                                                                download_all_tasks=False)
+            return json.loads(b"".join(chunks))
+
+        return self.conn.call("export annotations", download)
+
+    def pull(self, datasets_dir: Path, name: str | None = None) -> tuple[DatasetVersion, bool, ImportReport]:
+        """Write the submitted annotations as a dataset version (the latest non-cancelled annotation per task).
+        The export is fully downloaded before anything is written, and the version is written atomically."""
+        tasks = self.export_json()
+        with tempfile.TemporaryDirectory() as tmp:
+            export = Path(tmp) / f"{self.scene.name}-export.json"
+            export.write_text(json.dumps(tasks))
+            source = read_labelstudio(export, images_root=self.document_root)
+        source.description = f"labelstudio:{self.conn.url} project {self.id} ({self.scene.title})"
+        version, new = write_version(source, datasets_dir, name or self.scene.name, classes=self.scene.classes)
+        return version, new, source.report
+
+    # -- predictions
+    def push_predictions(self, detector, model_version: str, batch_size: int = 8) -> dict:
+        """Run the detector on every task that has no prediction from `model_version` yet and push the boxes."""
+        import torch
+
+        from atom.models.preprocess import letterbox, read_rgb, to_batch
+
+        done = self._tasks_predicted_by(model_version)
+        report = ImportReport()
+        todo = []
+        for task in self.tasks():
+            if task.id in done:
+                continue
+            image = resolve_task_image(task.data, self.document_root, f"task {task.id}", report)
+            if image is not None:
+                todo.append((task.id, image))
+        size, classes = detector.spec.input_size, detector.spec.classes
+        pushed = 0
+        for i in range(0, len(todo), batch_size):
+            chunk, images, scales, shapes = todo[i:i + batch_size], [], [], []
+            for task_id, path in chunk:
+                try:
+                    rgb = read_rgb(path)
+                except ValueError as e:
+                    report.add("corrupt_image", path, str(e))
+                    continue
+                boxed, scale = letterbox(rgb, size)
+                images.append(boxed), scales.append(scale), shapes.append((task_id, rgb.shape[1], rgb.shape[0]))
+            if not images:
+                continue
+            with torch.no_grad():
+                dets = detector.predict(torch.from_numpy(to_batch(images)), scales)
+            request = []
+            for (task_id, w, h), det in zip(shapes, dets):
+                results = [box_result(Box(classes[label], *xyxy), w, h, score)
+                           for xyxy, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                                         det["labels"].tolist())]
+                score = float(det["scores"].mean()) if len(results) else 0.0
+                request.append({"task": task_id, "result": results, "score": score, "model_version": model_version})
+            self._import_predictions(request)
+            pushed += len(request)
+        return {"pushed": pushed, "skipped_existing": len(done), "problems": report.counts()}

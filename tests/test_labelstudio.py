@@ -1,0 +1,150 @@
+"""The annotators' loop against a real Label Studio server (started on 127.0.0.1 by the `label_studio` fixture)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from atom.data.formats import read_source
+from atom.data.version import open_version, write_version
+from atom.labelstudio.connection import Connection, LabelStudioError, connect
+from atom.labelstudio.project import FROM_NAME, TO_NAME, Scene, SceneProject, task_url
+
+pytestmark = pytest.mark.server
+
+CLASSES = ["bus", "car", "pedestrian"]
+
+
+def _scene(label_studio, sample_export, name: str, n: int) -> Scene:
+    folder = label_studio.document_root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for image in sorted((sample_export.parent / "images").glob("*.jpg"))[:n]:
+        shutil.copy(image, folder / image.name)
+    return Scene(name, CLASSES, folder)
+
+
+def _project(label_studio, scene) -> SceneProject:
+    return SceneProject(connect(), scene, label_studio.document_root)
+
+
+def test_init_is_idempotent(label_studio, sample_export):
+    project = _project(label_studio, _scene(label_studio, sample_export, "init", 12))
+    first, second = project.ensure(), project.ensure()
+    assert first["tasks_created"] == 12 and second["tasks_created"] == 0
+    assert second["project_id"] == first["project_id"]
+    titles = [p.title for p in project.client.projects.list()]
+    assert titles.count("atom:init") == 1
+    config = project.client.projects.get(id=first["project_id"]).label_config
+    assert all(f'value="{c}"' in config for c in CLASSES)
+    assert len(project.tasks()) == 12
+
+
+def test_round_trip_through_label_studio_is_identical(label_studio, sample_export, tmp_path):
+    scene = _scene(label_studio, sample_export, "roundtrip", 20)
+    source = read_source("labelstudio", sample_export)
+    source.samples = [s for s in source.samples if (scene.images / s.image.name).exists()]
+    for s in source.samples:  # the same images, as the server sees them
+        s.image = scene.images / s.image.name
+    original, _ = write_version(source, tmp_path / "a", "original", classes=CLASSES)
+    project = _project(label_studio, scene)
+    project.ensure()  # tasks exist first: the labels must be attached to them, not duplicated
+    pushed = project.import_labeled(source, as_annotations=True)
+    assert pushed == {"tasks_created": 0, "labeled": 20, "problems": {}}
+    pulled, new, report = project.pull(tmp_path / "b", "pulled")
+
+    def boxes(version):
+        out = {}
+        for split in ("train", "val", "test"):
+            coco = version.coco(split)
+            for im in coco["images"]:
+                out[im["sha256"]] = (im["width"], im["height"], sorted(
+                    (a["category_id"], *a["bbox"]) for a in coco["annotations"] if a["image_id"] == im["id"]))
+        return out
+
+    a, b = boxes(original), boxes(pulled)
+    assert set(a) == set(b) and len(a) == 20
+    for sha, (w, h, ours) in a.items():
+        theirs = b[sha][2]
+        assert [r[0] for r in ours] == [r[0] for r in theirs]
+        for r, s in zip(ours, theirs):
+            assert max(abs(x - y) for x, y in zip(r[1:], s[1:])) <= 1e-6 * max(w, h) + 1e-3  # bbox stored at 1e-3 px
+    again, new_again, _ = project.pull(tmp_path / "b", "pulled")
+    assert new and not new_again and again.fingerprint == pulled.fingerprint
+
+
+def _rect(label, x, y, w, h, rotation=0.0, sized=True):
+    r = {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "rectanglelabels",
+         "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation, "rectanglelabels": [label]}}
+    return {**r, "original_width": 320, "original_height": 240} if sized else r
+
+
+def test_pull_reports_bad_annotations(label_studio, sample_export, tmp_path):
+    scene = _scene(label_studio, sample_export, "messy", 6)
+    project = _project(label_studio, scene)
+    project.ensure()
+    client = project.client
+    tasks = sorted(project.tasks(), key=lambda t: t.id)
+    client.annotations.create(id=tasks[0].id, result=[_rect("car", 10, 10, 20, 20, rotation=30)])
+    client.annotations.create(id=tasks[1].id, result=[_rect("car", 10, 10, 20, 20, sized=False)])
+    client.annotations.create(id=tasks[2].id, result=[_rect("tram", 10, 10, 20, 20), _rect("bus", 50, 50, 10, 10)])
+    client.annotations.create(id=tasks[3].id, result=[])
+    client.annotations.create(id=tasks[4].id, result=[_rect("car", 1, 1, 5, 5)], was_cancelled=True)
+    client.annotations.create(id=tasks[5].id, result=[_rect("car", 1, 1, 5, 5)])
+    client.annotations.create(id=tasks[5].id, result=[_rect("bus", 60, 60, 10, 10)])
+    (scene.images / Path(tasks[5].data["image"].split("d=")[1]).name).unlink()  # its image disappears
+    version, _, report = project.pull(tmp_path, "messy")
+    counts = report.counts()
+    assert counts["rotated_box"] == 1 and counts["unknown_label"] == 1 and counts["missing_image"] == 1
+    assert counts["annotation_conflict"] == 1
+    card = version.card
+    assert sum(s["images"] for s in card["splits"].values()) == 4  # tasks 0-3; the cancelled one is not labeled
+    assert sum(s["boxes"] for s in card["splits"].values()) == 3
+
+
+def test_predictions_are_pushed_once_per_model_version(label_studio, sample_export, trained):
+    from atom import tracking
+
+    project = _project(label_studio, _scene(label_studio, sample_export, "predict", 10))
+    project.ensure()
+    ref = tracking.resolve_model(f"{trained['result']['model_name']}@candidate")
+    detector = tracking.load_detector(ref)
+    version = f"{ref.name}/{ref.version}"
+    first = project.push_predictions(detector, version)
+    second = project.push_predictions(detector, version)
+    assert first["pushed"] == 10 and second == {"pushed": 0, "skipped_existing": 10, "problems": {}}
+    predictions = list(project.client.predictions.list(project=project.id))
+    assert len(predictions) == 10 and {p.model_version for p in predictions} == {version}
+    assert all(r["type"] == "rectanglelabels" for p in predictions for r in p.result)
+
+
+def test_the_key_never_appears_in_errors(label_studio):
+    conn = Connection(label_studio.url, label_studio.token + "-wrong", retries=1)
+    assert label_studio.token not in repr(conn)
+    with pytest.raises(LabelStudioError) as e:
+        conn.call("list projects", lambda: list(conn.client().projects.list()))
+    assert "HTTP 401" in str(e.value) and label_studio.token not in str(e.value)
+
+
+def test_server_stopping_fails_the_pull_cleanly(label_studio, sample_export, tmp_path):
+    scene = _scene(label_studio, sample_export, "outage", 4)
+    project = _project(label_studio, scene)
+    project.ensure()
+    project.client.annotations.create(id=project.tasks()[0].id, result=[_rect("car", 10, 10, 20, 20)])
+    before, _, _ = project.pull(tmp_path, "outage")
+    project.client.annotations.create(id=project.tasks()[1].id, result=[_rect("bus", 10, 10, 20, 20)])
+    label_studio.stop()
+    try:
+        project.conn = Connection(project.conn.url, project.conn.api_key, retries=3, backoff_s=0.2)
+        with pytest.raises(LabelStudioError, match="export annotations failed .* after 3 tries"):
+            project.pull(tmp_path, "outage")
+    finally:
+        label_studio.start()
+    assert open_version(tmp_path, "outage").root == before.root
+    assert sorted(p.name for p in (tmp_path / "outage").iterdir()) == sorted([before.root.name, "latest"])
+
+
+def test_task_urls_outside_the_document_root_are_refused(label_studio, tmp_path):
+    with pytest.raises(ValueError):
+        task_url(tmp_path / "x.jpg", label_studio.document_root)
