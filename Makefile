@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` (the sample pipeline, no server) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LS_VENV ?= .venv-labelstudio
 export NO_ALBUMENTATIONS_UPDATE := 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
@@ -19,7 +20,14 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(VENV)/bin/atom demo
 
-test: venv
+# The Label Studio server the tests start lives in its own environment (its pins clash with the ML stack).
+$(LS_VENV)/.installed:
+	python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2
+	touch $@
+
+test: venv $(LS_VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: venv

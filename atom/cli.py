@@ -103,17 +103,14 @@ def _recipe(module: str, function: str, config: str, overrides: list[str]) -> in
 
     if config != "train":  # `model` is the detector config group; the registered model has its own key
         overrides = [f"registered_{o}" if o.startswith("model=") else o for o in overrides]
+    from atom.errors import AtomError
+
     cfg = compose(config, overrides)
     try:
         result = getattr(importlib.import_module(f"recipes.{module}"), function)(cfg)
-    except (LookupError, ValueError, OSError) as e:
+    except (AtomError, LookupError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:  # export and dataset errors carry their own clear message
-        if type(e).__name__ in ("ExportError", "FormatUnavailable", "DatasetError"):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
     print(json.dumps(result, indent=1, default=str))
     return 0
 
@@ -176,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(see conf/{config}.yaml), e.g. experiment=vehicles trainer.max_epochs=5.")
         cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
         cmd.set_defaults(func=lambda a, m=module, f=function, c=config: _recipe(m, f, c, a.overrides))
+
+    label = sub.add_parser("label", help="Label Studio: scene projects, pre-annotations, pulls into dataset versions")
+    lsub = label.add_subparsers(dest="label_command", required=True)
+    for name, function, text in [
+        ("init", "init", "create or update the scene's project, storage and tasks (idempotent): scene=NAME"),
+        ("import", "import_labels", "existing labels as pre-annotations: scene=NAME source.format=F source.path=P"),
+        ("pull", "pull", "write the scene's submitted annotations as a new dataset version: scene=NAME"),
+        ("predict", "predict", "push a registered model's predictions: scene=NAME model=NAME@ALIAS"),
+    ]:
+        cmd = lsub.add_parser(name, help=text, description=f"{text}. Hydra overrides, see conf/label.yaml; the "
+                              "server comes from LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.")
+        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        cmd.set_defaults(func=lambda a, f=function: _recipe("label", f, "label", a.overrides))
 
     demo = sub.add_parser("demo", help="run the sample pipeline (dvc repro: prepare, train, evaluate, export)")
     demo.set_defaults(func=cmd_demo)

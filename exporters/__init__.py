@@ -13,6 +13,8 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 
+from atom.errors import AtomError
+
 
 @dataclass(frozen=True)
 class ExportFormat:
@@ -32,7 +34,7 @@ FORMATS: dict[str, ExportFormat] = {
 }
 
 
-class ExportError(Exception):
+class ExportError(AtomError):
     """An export cannot be made or did not verify; nothing is written to the bundle folder."""
 
 

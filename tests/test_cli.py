@@ -10,7 +10,8 @@ import pytest
 from atom import PROJECT_ROOT
 
 SUBCOMMANDS = [[], ["data"], ["data", "import"], ["data", "sample"], ["data", "list"], ["data", "show"],
-               ["train"], ["evaluate"], ["export"], ["demo"]]
+               ["train"], ["evaluate"], ["export"], ["demo"],
+               ["label"], ["label", "init"], ["label", "import"], ["label", "pull"], ["label", "predict"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "atom")

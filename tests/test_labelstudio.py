@@ -148,3 +148,34 @@ def test_server_stopping_fails_the_pull_cleanly(label_studio, sample_export, tmp
 def test_task_urls_outside_the_document_root_are_refused(label_studio, tmp_path):
     with pytest.raises(ValueError):
         task_url(tmp_path / "x.jpg", label_studio.document_root)
+
+
+def test_cli_init_and_pull(label_studio, sample_export, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from atom import PROJECT_ROOT
+
+    scene = _scene(label_studio, sample_export, "cli", 5)
+    args = [f"scene.name={scene.name}", f"scene.images={scene.images}", f"document_root={label_studio.document_root}",
+            f"paths.datasets={tmp_path}"]
+
+    def atom(*words):
+        out = subprocess.run([sys.executable, "-m", "atom.cli", "label", *words, *args], capture_output=True,
+                             text=True, cwd=PROJECT_ROOT)
+        assert label_studio.token not in out.stdout + out.stderr
+        return out
+
+    init = atom("init")
+    assert init.returncode == 0, init.stderr
+    assert json.loads(init.stdout)["tasks_created"] == 5
+    project = _project(label_studio, scene)
+    for task in project.tasks()[:2]:
+        project.client.annotations.create(id=task.id, result=[_rect("car", 10, 10, 20, 20)])
+    pulled = atom("pull")
+    assert pulled.returncode == 0, pulled.stderr
+    result = json.loads(pulled.stdout)
+    assert result["new"] and sum(s["images"] for s in result["splits"].values()) == 2
+    predict = atom("predict", "model=no-such-model@candidate", f"paths.output_dir={tmp_path}")
+    assert predict.returncode == 1 and "not found in the registry" in predict.stderr

@@ -25,12 +25,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from atom.data.report import ImportReport
+from atom.errors import AtomError
 from atom.data.source import SPLITS, Source
 
 DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)
 
 
-class DatasetError(Exception):
+class DatasetError(AtomError):
     """A dataset cannot be imported or read; the message names the file and the reason."""
 
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from atom.errors import AtomError
+
 T = TypeVar("T")
 CONFIG_FILE = Path(os.environ.get("ATOM_LABEL_STUDIO_CONFIG", Path.home() / ".config/atom/labelstudio.env"))
 
 
-class LabelStudioError(Exception):
+class LabelStudioError(AtomError):
     """A Label Studio operation failed; the message says which and why, without credentials."""
 
 

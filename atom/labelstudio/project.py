@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -45,8 +46,10 @@ def task_url(image: Path, document_root: Path) -> str:
 
 
 def box_result(box: Box, width: int, height: int, score: float | None = None) -> dict:
-    """One RectangleLabels result in Label Studio's percent coordinates."""
+    """One RectangleLabels result in Label Studio's percent coordinates, clipped to the image."""
     x0, y0, x1, y1 = box.to_pixels(width, height)
+    x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
+    y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
     result = {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "rectanglelabels",
               "original_width": width, "original_height": height, "image_rotation": 0,
               "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
@@ -154,10 +157,22 @@ class SceneProject:
         predictions = self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id)))
         return {p.task for p in predictions if p.model_version == model_version}
 
-    def _import_predictions(self, request: list[dict], batch: int = 500) -> None:
+    def _import_predictions(self, request: list[dict], batch: int = 500, wait_s: float = 120) -> None:
+        """Bulk import; Label Studio commits it in the background, so wait until every prediction is listed
+        (a re-run must see them to stay idempotent)."""
         for i in range(0, len(request), batch):
             self.conn.call("import predictions", self.client.projects.import_predictions, id=self.id,
                            request=request[i:i + batch])
+        expected = {(r["task"], r["model_version"]) for r in request}
+        deadline = time.monotonic() + wait_s
+        while expected:
+            listed = self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id)))
+            expected -= {(p.task, p.model_version) for p in listed}
+            if expected and time.monotonic() > deadline:
+                raise LabelStudioError(f"{len(expected)} predictions were not stored by the server "
+                                       f"(e.g. task {next(iter(expected))[0]}) within {wait_s:.0f} s")
+            if expected:
+                time.sleep(0.5)
 
     # -- pull
     def export_json(self) -> list[dict]:

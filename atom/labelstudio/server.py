@@ -1,0 +1,64 @@
+"""A local, headless Label Studio server for tests and benchmarks (its own virtual environment, 127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from atom import PROJECT_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LABEL_STUDIO_BIN = Path(os.environ.get("ATOM_LABEL_STUDIO_BIN", PROJECT_ROOT / ".venv-labelstudio/bin/label-studio"))
+
+
+class LocalServer:
+    """A real Label Studio server (its own virtual environment) on 127.0.0.1, headless, with a fixed token."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        self.document_root = root / "files"
+        self.document_root.mkdir(parents=True)
+        self.token = os.urandom(20).hex()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 180) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "LABEL_STUDIO_URL")}
+        env.update({
+            "LABEL_STUDIO_USERNAME": "atom@example.com", "LABEL_STUDIO_PASSWORD": os.urandom(12).hex(),
+            "LABEL_STUDIO_USER_TOKEN": self.token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "LABEL_STUDIO_BASE_DATA_DIR": str(self.root / "data"),
+            "DJANGO_DB": "sqlite", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
+            "LABEL_STUDIO_COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false"})
+        self.log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [str(LABEL_STUDIO_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "WARNING"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"label-studio exited: {(self.root / 'server.log').read_text()[-3000:]}")
+            try:
+                if urllib.request.urlopen(f"{self.url}/health", timeout=2).status == 200:
+                    return
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"label-studio not healthy after {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.log.close()

@@ -1,0 +1,64 @@
+"""The annotators' loop: a scene's Label Studio project, its pre-annotations, and pulls into dataset versions.
+
+    atom label init scene=sample                         project + local-files storage + one task per image
+    atom label import scene=sample source.format=yolo source.path=DIR    existing labels as predictions to review
+    atom label pull scene=sample                         submitted annotations -> a new dataset version
+    atom label predict scene=sample model=atom-sample@candidate          model predictions, once per version
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+import recipes  # noqa: F401  (registers the config resolvers)
+
+
+def _project(cfg: DictConfig):
+    from atom.labelstudio.connection import connect
+    from atom.labelstudio.project import Scene, SceneProject
+
+    scene = Scene(cfg.scene.name, list(cfg.scene.classes), Path(cfg.scene.images))
+    return SceneProject(connect(retries=cfg.retries), scene, Path(cfg.document_root))
+
+
+def init(cfg: DictConfig) -> dict:
+    return _project(cfg).ensure()
+
+
+def import_labels(cfg: DictConfig) -> dict:
+    from atom.data.formats import read_source
+
+    if not cfg.source.format or not cfg.source.path:
+        raise ValueError("set source.format and source.path (e.g. source.format=yolo source.path=DIR)")
+    project = _project(cfg)
+    project.ensure()
+    source = read_source(cfg.source.format, Path(cfg.source.path))
+    return project.import_labeled(source, as_annotations=cfg.source.as_annotations,
+                                  model_version=f"import:{cfg.source.format}")
+
+
+def pull(cfg: DictConfig) -> dict:
+    version, new, report = _project(cfg).pull(Path(cfg.paths.datasets), cfg.dataset_name)
+    return {"dataset": version.name, "version": version.card["version"], "new": new,
+            "fingerprint": version.fingerprint, "splits": version.card["splits"], "problems": report.counts(),
+            "path": str(version.root)}
+
+
+def predict(cfg: DictConfig) -> dict:
+    import torch
+
+    from atom import tracking
+
+    if not cfg.registered_model:
+        raise ValueError("say which model: atom label predict scene=NAME model=NAME@ALIAS")
+    torch.set_num_threads(cfg.threads)
+    tracking.configure(cfg.paths.output_dir)
+    ref = tracking.resolve_model(cfg.registered_model)
+    detector = tracking.load_detector(ref)
+    project = _project(cfg)
+    missing = sorted(set(detector.spec.classes) - set(project.scene.classes))
+    if missing:
+        raise ValueError(f"model {ref.uri} predicts classes {missing} that scene {project.scene.name!r} lacks")
+    return project.push_predictions(detector, model_version=f"{ref.name}/{ref.version}")
