@@ -148,31 +148,35 @@ class SceneProject:
             new = [{"data": {"image": url}, "predictions": [{"result": r, "model_version": model_version}]}
                    for url, r in labeled.items() if url not in existing]
             predicted = self._tasks_predicted_by(model_version)
-            self._import_predictions([{"task": existing[url].id, "result": r, "model_version": model_version}
-                                      for url, r in labeled.items()
-                                      if url in existing and existing[url].id not in predicted])
+            request = [{"task": existing[url].id, "result": r, "model_version": model_version}
+                       for url, r in labeled.items() if url in existing and existing[url].id not in predicted]
+            self._import_predictions(request)
+            self._wait_for_predictions(request)
         return {"tasks_created": self.import_tasks(new), "labeled": len(labeled), "problems": report.counts()}
 
     def _tasks_predicted_by(self, model_version: str) -> set[int]:
         predictions = self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id)))
         return {p.task for p in predictions if p.model_version == model_version}
 
-    def _import_predictions(self, request: list[dict], batch: int = 500, wait_s: float = 120) -> None:
-        """Bulk import; Label Studio commits it in the background, so wait until every prediction is listed
-        (a re-run must see them to stay idempotent)."""
+    def _import_predictions(self, request: list[dict], batch: int = 500) -> None:
         for i in range(0, len(request), batch):
             self.conn.call("import predictions", self.client.projects.import_predictions, id=self.id,
                            request=request[i:i + batch])
+
+    def _wait_for_predictions(self, request: list[dict], wait_s: float = 300) -> None:
+        """Label Studio commits bulk imports in the background: wait until every prediction is listed, so that
+        a re-run sees them and stays idempotent."""
         expected = {(r["task"], r["model_version"]) for r in request}
         deadline = time.monotonic() + wait_s
-        while expected:
-            listed = self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id)))
-            expected -= {(p.task, p.model_version) for p in listed}
-            if expected and time.monotonic() > deadline:
+        while True:
+            expected -= {(p.task, p.model_version) for p in self.conn.call(
+                "list predictions", lambda: list(self.client.predictions.list(project=self.id)))}
+            if not expected:
+                return
+            if time.monotonic() > deadline:
                 raise LabelStudioError(f"{len(expected)} predictions were not stored by the server "
                                        f"(e.g. task {next(iter(expected))[0]}) within {wait_s:.0f} s")
-            if expected:
-                time.sleep(0.5)
+            time.sleep(0.5)
 
     # -- pull
     def export_json(self) -> list[dict]:
@@ -212,7 +216,7 @@ class SceneProject:
             if image is not None:
                 todo.append((task.id, image))
         size, classes = detector.spec.input_size, detector.spec.classes
-        pushed = 0
+        pushed = []
         for i in range(0, len(todo), batch_size):
             chunk, images, scales, shapes = todo[i:i + batch_size], [], [], []
             for task_id, path in chunk:
@@ -227,13 +231,12 @@ class SceneProject:
                 continue
             with torch.no_grad():
                 dets = detector.predict(torch.from_numpy(to_batch(images)), scales)
-            request = []
             for (task_id, w, h), det in zip(shapes, dets):
                 results = [box_result(Box(classes[label], *xyxy), w, h, score)
                            for xyxy, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                                          det["labels"].tolist())]
                 score = float(det["scores"].mean()) if len(results) else 0.0
-                request.append({"task": task_id, "result": results, "score": score, "model_version": model_version})
-            self._import_predictions(request)
-            pushed += len(request)
-        return {"pushed": pushed, "skipped_existing": len(done), "problems": report.counts()}
+                pushed.append({"task": task_id, "result": results, "score": score, "model_version": model_version})
+        self._import_predictions(pushed)
+        self._wait_for_predictions(pushed)
+        return {"pushed": len(pushed), "skipped_existing": len(done), "problems": report.counts()}
