@@ -58,6 +58,12 @@ def git_commit() -> str:
         return "unknown"
 
 
+def lineage_tags(version) -> dict[str, str]:
+    """Tags that tie a run or model version to its data and code."""
+    return {"dataset.name": version.name, "dataset.version": version.card["version"],
+            "dataset.fingerprint": version.fingerprint, "git.commit": git_commit()}
+
+
 @dataclass(frozen=True)
 class ModelRef:
     name: str

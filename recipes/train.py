@@ -21,15 +21,12 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict:
     """Returns the held-out metrics plus the registered model's name and version."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import mlflow
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-    from pytorch_lightning.loggers import MLFlowLogger
 
     from atom import tracking
     from atom.data.version import DatasetError, open_version
-    from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
     from atom.training.callbacks import TrainThroughput
     from atom.training.datamodule import DetectionDataModule
     from atom.training.module import DetectionModule
@@ -48,28 +45,9 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    uri = tracking.configure(cfg.paths.output_dir)
-    tracking.ensure_experiment(cfg.tracking.experiment, cfg.paths.output_dir)
-    run_id_file = run_dir / "mlflow_run_id"
-    resume_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    resuming = bool(cfg.resume) and resume_ckpt.exists()
-    if cfg.resume and not resuming:
-        log.warning("resume requested but %s does not exist; starting a new run", resume_ckpt)
-    logger = MLFlowLogger(
-        experiment_name=cfg.tracking.experiment, run_name=cfg.run_name, tracking_uri=uri,
-        artifact_location=tracking.artifact_location(cfg.paths.output_dir, uri),
-        run_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
-        tags={"dataset.name": version.name, "dataset.version": version.card["version"],
-              "dataset.fingerprint": version.fingerprint, "git.commit": tracking.git_commit()})
+    logger, resuming = _mlflow_logger(cfg, version, run_dir)
     run_id = logger.run_id
-    run_id_file.write_text(run_id)
-    if resuming:  # MLflow params are immutable: the resumed run keeps its first config; the new one is an artifact
-        logger.experiment.set_tag(run_id, "resumed", "true")
-    else:
-        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
-    config_file = run_dir / ("config-resumed.yaml" if resuming else "config.yaml")
-    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    logger.experiment.log_artifact(run_id, str(config_file))
+    resume_ckpt = run_dir / "checkpoints" / "last.ckpt"
 
     val_gt = version.coco(cfg.data.val_split)
     module = DetectionModule(spec, channels_last=channels_last, val_gt=val_gt, **cfg.optim)
@@ -92,30 +70,64 @@ def train(cfg: DictConfig) -> dict:
     # Evaluation, registration and export work on CPU in the standard memory layout, wherever training ran.
     detector = module.detector.cpu().to(memory_format=torch.contiguous_format).eval()
 
-    metrics, results, ev = evaluate(detector, detector.spec, version, test_split)
-    metrics = {"split": test_split, **metrics, "epochs": trainer.current_epoch,
-               "train_images_per_s": round(throughput.images_per_s, 2), "dataset_fingerprint": version.fingerprint}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    client = logger.experiment
-    client.log_metric(run_id, f"{test_split}/mAP50", metrics["mAP50"])
-    client.log_metric(run_id, f"{test_split}/mAP50_95", metrics["mAP50_95"])
-    for name, ap in metrics["per_class"].items():
-        client.log_metric(run_id, f"{test_split}/AP50/{name}", ap["AP50"])
-    for artifact in (run_dir / "metrics.json", plot_pr_curves(ev, version.classes, run_dir / "pr_curves.png"),
-                     prediction_grid(version, test_split, results, version.classes, run_dir / "predictions.jpg")):
-        client.log_artifact(run_id, str(artifact), "evaluation")
+    metrics = _evaluate_and_log(detector, version, test_split, run_dir, logger, {
+        "epochs": trainer.current_epoch, "train_images_per_s": round(throughput.images_per_s, 2)})
 
     ref = tracking.register_detector(detector, run_id, cfg.tracking.model_name, {
-        "dataset.name": version.name, "dataset.version": version.card["version"],
-        "dataset.fingerprint": version.fingerprint, "git.commit": tracking.git_commit(),
+        **tracking.lineage_tags(version),
         f"{test_split}.mAP50": f"{metrics['mAP50']:.4f}", f"{test_split}.mAP50_95": f"{metrics['mAP50_95']:.4f}",
     }, cfg.tracking.alias)
-    mlflow.end_run()
     summary = {**metrics, "model_name": ref.name, "model_version": ref.version, "run_id": run_id}
     (run_dir / "model_version.json").write_text(json.dumps(
         {"name": ref.name, "version": ref.version, "run_id": run_id, "uri": ref.uri}, indent=1))
     log.info("registered %s version %s (%s mAP50 %.3f)", ref.name, ref.version, test_split, metrics["mAP50"])
     return summary
+
+
+def _mlflow_logger(cfg: DictConfig, version, run_dir: Path):
+    """The run's MLFlowLogger: a new run, or the interrupted one when resuming. Returns (logger, resuming)."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from atom import tracking
+
+    uri = tracking.configure(cfg.paths.output_dir)
+    tracking.ensure_experiment(cfg.tracking.experiment, cfg.paths.output_dir)
+    run_id_file = run_dir / "mlflow_run_id"
+    resuming = bool(cfg.resume) and (run_dir / "checkpoints" / "last.ckpt").exists() and run_id_file.exists()
+    if cfg.resume and not resuming:
+        log.warning("resume requested but %s has no interrupted run; starting a new run", run_dir)
+    logger = MLFlowLogger(
+        experiment_name=cfg.tracking.experiment, run_name=cfg.run_name, tracking_uri=uri,
+        artifact_location=tracking.artifact_location(cfg.paths.output_dir, uri),
+        run_id=run_id_file.read_text().strip() if resuming else None, tags=tracking.lineage_tags(version))
+    run_id_file.write_text(logger.run_id)
+    if resuming:  # MLflow params are immutable: the resumed run keeps its first config; the new one is an artifact
+        logger.experiment.set_tag(logger.run_id, "resumed", "true")
+    else:
+        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
+    config_file = run_dir / ("config-resumed.yaml" if resuming else "config.yaml")
+    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    logger.experiment.log_artifact(logger.run_id, str(config_file))
+    return logger, resuming
+
+
+def _evaluate_and_log(detector, version, split: str, run_dir: Path, logger, extra: dict) -> dict:
+    """COCO metrics on the held-out split (plus `extra`) in metrics.json, logged to the run with the PR curves
+    and a prediction grid."""
+    from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
+
+    metrics, results, ev = evaluate(detector, detector.spec, version, split)
+    metrics = {"split": split, **metrics, **extra, "dataset_fingerprint": version.fingerprint}
+    client, run_id = logger.experiment, logger.run_id
+    client.log_metric(run_id, f"{split}/mAP50", metrics["mAP50"])
+    client.log_metric(run_id, f"{split}/mAP50_95", metrics["mAP50_95"])
+    for name, ap in metrics["per_class"].items():
+        client.log_metric(run_id, f"{split}/AP50/{name}", ap["AP50"])
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    for artifact in (run_dir / "metrics.json", plot_pr_curves(ev, version.classes, run_dir / "pr_curves.png"),
+                     prediction_grid(version, split, results, version.classes, run_dir / "predictions.jpg")):
+        client.log_artifact(run_id, str(artifact), "evaluation")
+    return metrics
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -226,7 +226,9 @@ class SceneProject:
                     report.add("corrupt_image", path, str(e))
                     continue
                 boxed, scale = letterbox(rgb, size)
-                images.append(boxed), scales.append(scale), shapes.append((task_id, rgb.shape[1], rgb.shape[0]))
+                images.append(boxed)
+                scales.append(scale)
+                shapes.append((task_id, rgb.shape[1], rgb.shape[0]))
             if not images:
                 continue
             with torch.no_grad():
