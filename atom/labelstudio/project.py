@@ -202,10 +202,6 @@ class SceneProject:
     # -- predictions
     def push_predictions(self, detector, model_version: str, batch_size: int = 8) -> dict:
         """Run the detector on every task that has no prediction from `model_version` yet and push the boxes."""
-        import torch
-
-        from atom.models.preprocess import letterbox, read_rgb, to_batch
-
         done = self._tasks_predicted_by(model_version)
         report = ImportReport()
         todo = []
@@ -215,30 +211,44 @@ class SceneProject:
             image = resolve_task_image(task.data, self.document_root, f"task {task.id}", report)
             if image is not None:
                 todo.append((task.id, image))
-        size, classes = detector.spec.input_size, detector.spec.classes
-        pushed = []
-        for i in range(0, len(todo), batch_size):
-            chunk, images, scales, shapes = todo[i:i + batch_size], [], [], []
-            for task_id, path in chunk:
-                try:
-                    rgb = read_rgb(path)
-                except ValueError as e:
-                    report.add("corrupt_image", path, str(e))
-                    continue
-                boxed, scale = letterbox(rgb, size)
-                images.append(boxed)
-                scales.append(scale)
-                shapes.append((task_id, rgb.shape[1], rgb.shape[0]))
-            if not images:
-                continue
-            with torch.no_grad():
-                dets = detector.predict(torch.from_numpy(to_batch(images)), scales)
-            for (task_id, w, h), det in zip(shapes, dets):
-                results = [box_result(Box(classes[label], *xyxy), w, h, score)
-                           for xyxy, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
-                                                         det["labels"].tolist())]
-                score = float(det["scores"].mean()) if len(results) else 0.0
-                pushed.append({"task": task_id, "result": results, "score": score, "model_version": model_version})
+        predictions = predict_results(detector, [image for _, image in todo], report, batch_size)
+        pushed = [{"task": task_id, **prediction, "model_version": model_version}
+                  for (task_id, _), prediction in zip(todo, predictions) if prediction is not None]
         self._import_predictions(pushed)
         self._wait_for_predictions(pushed)
         return {"pushed": len(pushed), "skipped_existing": len(done), "problems": report.counts()}
+
+
+def predict_results(detector, images: list[Path], report: ImportReport, batch_size: int = 8) -> list[dict | None]:
+    """Per image, Label Studio prediction content {"result": [...], "score": mean box score}; None (reported)
+    where the image cannot be read."""
+    import torch
+
+    from atom.models.preprocess import letterbox, read_rgb, to_batch
+
+    size, classes = detector.spec.input_size, detector.spec.classes
+    out: list[dict | None] = []
+    for i in range(0, len(images), batch_size):
+        batch, scales, shapes = [], [], []
+        for path in images[i:i + batch_size]:
+            try:
+                rgb = read_rgb(path)
+            except ValueError as e:
+                report.add("corrupt_image" if Path(path).exists() else "missing_image", path, str(e))
+                shapes.append(None)
+                continue
+            boxed, scale = letterbox(rgb, size)
+            batch.append(boxed)
+            scales.append(scale)
+            shapes.append((rgb.shape[1], rgb.shape[0]))
+        dets = iter(detector.predict(torch.from_numpy(to_batch(batch)), scales) if batch else [])
+        for shape in shapes:
+            if shape is None:
+                out.append(None)
+                continue
+            det, (w, h) = next(dets), shape
+            results = [box_result(Box(classes[label], *xyxy), w, h, score)
+                       for xyxy, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                                     det["labels"].tolist())]
+            out.append({"result": results, "score": float(det["scores"].mean()) if results else 0.0})
+    return out
