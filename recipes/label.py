@@ -4,6 +4,7 @@
     atom label import scene=sample source.format=yolo source.path=DIR    existing labels as predictions to review
     atom label pull scene=sample                         submitted annotations -> a new dataset version
     atom label predict scene=sample model=atom-sample@candidate          model predictions, once per version
+    ATOM_ML_BACKEND_TOKEN=... atom label serve scene=sample model=atom-sample@candidate   ML backend on :9090
 """
 
 from __future__ import annotations
@@ -46,19 +47,35 @@ def pull(cfg: DictConfig) -> dict:
             "path": str(version.root)}
 
 
-def predict(cfg: DictConfig) -> dict:
+def _detector(cfg: DictConfig):
+    """The registered detector named by cfg.registered_model, checked against the scene's classes."""
     import torch
 
     from atom import tracking
 
     if not cfg.registered_model:
-        raise ValueError("say which model: atom label predict scene=NAME model=NAME@ALIAS")
+        raise ValueError("say which model: model=NAME@ALIAS")
     torch.set_num_threads(cfg.threads)
     tracking.configure(cfg.paths.output_dir)
     ref = tracking.resolve_model(cfg.registered_model)
     detector = tracking.load_detector(ref)
-    project = _project(cfg)
-    missing = sorted(set(detector.spec.classes) - set(project.scene.classes))
+    missing = sorted(set(detector.spec.classes) - set(cfg.scene.classes))
     if missing:
-        raise ValueError(f"model {ref.uri} predicts classes {missing} that scene {project.scene.name!r} lacks")
-    return project.push_predictions(detector, model_version=f"{ref.name}/{ref.version}")
+        raise ValueError(f"model {ref.uri} predicts classes {missing} that scene {cfg.scene.name!r} lacks")
+    return detector, f"{ref.name}/{ref.version}"
+
+
+def predict(cfg: DictConfig) -> dict:
+    detector, model_version = _detector(cfg)
+    return _project(cfg).push_predictions(detector, model_version=model_version)
+
+
+def serve(cfg: DictConfig) -> dict:
+    import uvicorn
+
+    from atom.labelstudio.backend import create_app
+
+    detector, model_version = _detector(cfg)
+    app = create_app(detector, model_version, Path(cfg.document_root), cfg.serve.token or "")
+    uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="warning")
+    return {"stopped": True}
