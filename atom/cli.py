@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("import", "import_labels", "existing labels as pre-annotations: scene=NAME source.format=F source.path=P"),
         ("pull", "pull", "write the scene's submitted annotations as a new dataset version: scene=NAME"),
         ("predict", "predict", "push a registered model's predictions: scene=NAME model=NAME@ALIAS"),
+        ("queue", "queue", "order unlabeled tasks by usefulness for annotators: scene=NAME model=NAME@ALIAS"),
         ("serve", "serve", "ML backend for interactive predictions (needs ATOM_ML_BACKEND_TOKEN): model=NAME@ALIAS"),
     ]:
         cmd = lsub.add_parser(name, help=text, description=f"{text}. Hydra overrides, see conf/label.yaml; the "

@@ -4,6 +4,7 @@
     atom label import scene=sample source.format=yolo source.path=DIR    existing labels as predictions to review
     atom label pull scene=sample                         submitted annotations -> a new dataset version
     atom label predict scene=sample model=atom-sample@candidate          model predictions, once per version
+    atom label queue scene=sample model=atom-sample@candidate            most useful unlabeled tasks first
     ATOM_ML_BACKEND_TOKEN=... atom label serve scene=sample model=atom-sample@candidate   ML backend on :9090
 """
 
@@ -79,3 +80,8 @@ def serve(cfg: DictConfig) -> dict:
     app = create_app(detector, model_version, Path(cfg.document_root), cfg.serve.token or "")
     uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="warning")
     return {"stopped": True}
+
+
+def queue(cfg: DictConfig) -> dict:
+    detector, model_version = _detector(cfg)
+    return _project(cfg).queue(detector, model_version, diversity_weight=cfg.queue.diversity_weight)

@@ -12,7 +12,7 @@ from atom import PROJECT_ROOT
 SUBCOMMANDS = [[], ["data"], ["data", "import"], ["data", "sample"], ["data", "list"], ["data", "show"],
                ["train"], ["evaluate"], ["export"], ["demo"],
                ["label"], ["label", "init"], ["label", "import"], ["label", "pull"], ["label", "predict"],
-               ["label", "serve"]]
+               ["label", "serve"], ["label", "queue"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "atom")

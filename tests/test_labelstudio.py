@@ -179,3 +179,25 @@ def test_cli_init_and_pull(label_studio, sample_export, tmp_path):
     assert result["new"] and sum(s["images"] for s in result["splits"].values()) == 2
     predict = atom("predict", "model=no-such-model@candidate", f"paths.output_dir={tmp_path}")
     assert predict.returncode == 1 and "not found in the registry" in predict.stderr
+
+
+def test_queue_puts_the_most_useful_task_first_in_label_studio(label_studio, sample_export, trained):
+    import httpx
+
+    from atom import tracking
+
+    project = _project(label_studio, _scene(label_studio, sample_export, "queue", 8))
+    project.ensure()
+    tasks = sorted(project.tasks(), key=lambda t: t.id)
+    project.client.annotations.create(id=tasks[0].id, result=[_rect("car", 10, 10, 20, 20)])  # labeled: not queued
+    ref = tracking.resolve_model(f"{trained['result']['model_name']}@candidate")
+    result = project.queue(tracking.load_detector(ref), f"{ref.name}/{ref.version}")
+    assert result["queued"] == 7 and tasks[0].id not in result["first_tasks"]
+    again = project.queue(tracking.load_detector(ref), f"{ref.name}/{ref.version}")  # replaces, never duplicates
+    assert again["first_tasks"] == result["first_tasks"]
+    queued = [p for p in project.client.predictions.list(project=project.id) if p.model_version.endswith(":queue")]
+    assert len(queued) == 7
+    # What an annotator gets when pressing "Label all tasks": Label Studio's own next-task choice.
+    nxt = httpx.get(f"{label_studio.url}/api/projects/{project.id}/next",
+                    headers={"Authorization": f"Token {label_studio.token}"}).json()
+    assert nxt["id"] == result["first_tasks"][0]

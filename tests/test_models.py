@@ -88,3 +88,14 @@ def test_policies_keep_boxes_inside_the_letterbox(name):
 def test_unknown_policy_is_an_error():
     with pytest.raises(ValueError, match="unknown augmentation policy 'mosaic9'"):
         build_policy("mosaic9", 320)
+
+
+def test_queue_ranking_prefers_uncertain_and_spreads_near_duplicates():
+    from atom.labelstudio.queue import image_uncertainty, rank_for_labeling
+
+    assert image_uncertainty(torch.tensor([0.5, 0.99])) > image_uncertainty(torch.tensor([0.99, 0.01]))
+    assert image_uncertainty(torch.zeros(0)) == 0.0
+    e = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # images 0 and 1 are duplicates
+    u = np.array([0.9, 0.9, 0.5])
+    assert rank_for_labeling(u, e, diversity_weight=1.0)[:2] == [0, 2]
+    assert rank_for_labeling(u, e, diversity_weight=0.0)[:2] == [0, 1]

@@ -218,6 +218,49 @@ class SceneProject:
         self._wait_for_predictions(pushed)
         return {"pushed": len(pushed), "skipped_existing": len(done), "problems": report.counts()}
 
+    # -- labeling queue
+    def queue(self, detector, model_version: str, diversity_weight: float = 1.0, batch_size: int = 8) -> dict:
+        """Order the unlabeled tasks by usefulness (atom.labelstudio.queue) and hand the order to Label Studio's
+        own active-learning mode: each task gets a prediction (the model's boxes) of version
+        `<model_version>:queue` whose score is its rank / n, and the project switches to uncertainty sampling on
+        that version, which serves the lowest score first. Re-running replaces the previous queue."""
+        import numpy as np
+        import torch
+
+        from atom.labelstudio.queue import embed, image_uncertainty, rank_for_labeling
+        from atom.models.preprocess import letterbox, read_rgb, to_batch
+
+        version = f"{model_version}:queue"
+        report = ImportReport()
+        todo = []
+        for task in self.tasks():
+            if task.total_annotations:
+                continue
+            image = resolve_task_image(task.data, self.document_root, f"task {task.id}", report)
+            if image is not None and image.exists():
+                todo.append((task.id, image))
+        predictions = predict_results(detector, [image for _, image in todo], report, batch_size)
+        uncertainty, embeddings = [], []
+        for i in range(0, len(todo), batch_size):
+            batch = [letterbox(read_rgb(path), detector.spec.input_size)[0] for _, path in todo[i:i + batch_size]]
+            embeddings.append(embed(detector, torch.from_numpy(to_batch(batch))))
+        for p in predictions:
+            scores = torch.tensor([r["score"] for r in p["result"]]) if p else torch.zeros(0)
+            uncertainty.append(image_uncertainty(scores))
+        order = rank_for_labeling(np.array(uncertainty), np.concatenate(embeddings) if embeddings else
+                                  np.zeros((0, 1)), diversity_weight)
+        for old in self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id))):
+            if old.model_version == version:
+                self.conn.call("delete old queue prediction", self.client.predictions.delete, id=old.id)
+        request = [{"task": todo[i][0], "result": predictions[i]["result"], "score": rank / max(len(order), 1),
+                    "model_version": version} for rank, i in enumerate(order)]
+        self._import_predictions(request)
+        self._wait_for_predictions(request)
+        self.conn.call("switch to uncertainty sampling", self.client.projects.update, id=self.id,
+                       sampling="Uncertainty sampling", model_version=version)
+        return {"queued": len(order), "model_version": version, "first_tasks": [todo[i][0] for i in order[:20]],
+                "problems": report.counts()}
+
 
 def predict_results(detector, images: list[Path], report: ImportReport, batch_size: int = 8) -> list[dict | None]:
     """Per image, Label Studio prediction content {"result": [...], "score": mean box score}; None (reported)
