@@ -19,7 +19,8 @@ class DetectionDataset(Dataset):
                  image_ids: list[int] | None = None):
         self.version, self.input_size = version, input_size
         coco = version.coco(split)
-        self.images = [im for im in coco["images"] if image_ids is None or im["id"] in set(image_ids)]
+        keep = None if image_ids is None else set(image_ids)
+        self.images = [im for im in coco["images"] if keep is None or im["id"] in keep]
         self.boxes = {im["id"]: [] for im in coco["images"]}
         for a in coco["annotations"]:
             x, y, w, h = a["bbox"]
