@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from atom import PROJECT_ROOT  # noqa: E402
+from atom.labelstudio.server import free_port, wait_healthy  # noqa: E402
 
 SHARED = PROJECT_ROOT.parent / "shared" / "datasets"
 
@@ -66,17 +64,11 @@ def trained(project):
     return {"cfg": cfg, "result": train(cfg)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server on 127.0.0.1 (sqlite backend, served artifacts), shared by the session."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(root / "server.log", "w")
@@ -86,18 +78,7 @@ def mlflow_server(tmp_path_factory):
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited early; log: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.terminate()
-        pytest.fail("mlflow server did not become healthy within 120 s")
+    wait_healthy(f"{url}/health", proc, 120, root / "server.log")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -6,13 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from atom import PROJECT_ROOT
-from atom.labelstudio.server import free_port
+from atom.labelstudio.server import free_port, wait_healthy
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -28,17 +27,9 @@ def backend(trained, project, sample_export, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "atom.cli", "label", "serve", f"model={trained['result']['model_name']}@candidate",
          f"paths.output_dir={project['outputs']}", f"document_root={root}", f"serve.port={port}"],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"atom label serve exited: {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.5)
+    wait_healthy(f"{url}/health", proc, 120)
     yield {"url": url, "token": token, "images": sorted(p.name for p in root.iterdir())}
     proc.terminate()
     proc.wait(timeout=30)

@@ -18,6 +18,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Wait until GET url answers 200; fail early, with the log's tail, if the process exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered: {tail}")
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                return
+        except OSError:
+            time.sleep(1)
+    proc.terminate()
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
 LABEL_STUDIO_BIN = Path(os.environ.get("ATOM_LABEL_STUDIO_BIN", PROJECT_ROOT / ".venv-labelstudio/bin/label-studio"))
 
 
@@ -46,16 +62,7 @@ class LocalServer:
         self.proc = subprocess.Popen(
             [str(LABEL_STUDIO_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "WARNING"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"label-studio exited: {(self.root / 'server.log').read_text()[-3000:]}")
-            try:
-                if urllib.request.urlopen(f"{self.url}/health", timeout=2).status == 200:
-                    return
-            except OSError:
-                time.sleep(1)
-        raise RuntimeError(f"label-studio not healthy after {timeout} s")
+        wait_healthy(f"{self.url}/health", self.proc, timeout, self.root / "server.log")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
