@@ -227,8 +227,7 @@ class SceneProject:
         import numpy as np
         import torch
 
-        from atom.labelstudio.queue import embed, image_uncertainty, rank_for_labeling
-        from atom.models.preprocess import letterbox, read_rgb, to_batch
+        from atom.labelstudio.queue import image_uncertainty, rank_for_labeling
 
         version = f"{model_version}:queue"
         report = ImportReport()
@@ -237,18 +236,16 @@ class SceneProject:
             if task.total_annotations:
                 continue
             image = resolve_task_image(task.data, self.document_root, f"task {task.id}", report)
-            if image is not None and image.exists():
+            if image is not None:
                 todo.append((task.id, image))
-        predictions = predict_results(detector, [image for _, image in todo], report, batch_size)
-        uncertainty, embeddings = [], []
-        for i in range(0, len(todo), batch_size):
-            batch = [letterbox(read_rgb(path), detector.spec.input_size)[0] for _, path in todo[i:i + batch_size]]
-            embeddings.append(embed(detector, torch.from_numpy(to_batch(batch))))
-        for p in predictions:
-            scores = torch.tensor([r["score"] for r in p["result"]]) if p else torch.zeros(0)
-            uncertainty.append(image_uncertainty(scores))
-        order = rank_for_labeling(np.array(uncertainty), np.concatenate(embeddings) if embeddings else
-                                  np.zeros((0, 1)), diversity_weight)
+        predictions = predict_results(detector, [image for _, image in todo], report, batch_size,
+                                      with_embeddings=True)
+        readable = [i for i, p in enumerate(predictions) if p is not None]
+        todo, predictions = [todo[i] for i in readable], [predictions[i] for i in readable]
+        embeddings = np.stack([p.pop("embedding") for p in predictions]) if predictions else np.zeros((0, 1))
+        uncertainty = np.array([image_uncertainty(torch.tensor([r["score"] for r in p["result"]]))
+                                for p in predictions])
+        order = rank_for_labeling(uncertainty, embeddings, diversity_weight)
         for old in self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id))):
             if old.model_version == version:
                 self.conn.call("delete old queue prediction", self.client.predictions.delete, id=old.id)
@@ -262,11 +259,13 @@ class SceneProject:
                 "problems": report.counts()}
 
 
-def predict_results(detector, images: list[Path], report: ImportReport, batch_size: int = 8) -> list[dict | None]:
-    """Per image, Label Studio prediction content {"result": [...], "score": mean box score}; None (reported)
-    where the image cannot be read."""
+def predict_results(detector, images: list[Path], report: ImportReport, batch_size: int = 8,
+                    with_embeddings: bool = False) -> list[dict | None]:
+    """Per image, Label Studio prediction content {"result": [...], "score": mean box score}, plus the image's
+    backbone "embedding" when asked (for the queue); None (reported) where the image cannot be read."""
     import torch
 
+    from atom.labelstudio.queue import embed
     from atom.models.preprocess import letterbox, read_rgb, to_batch
 
     size, classes = detector.spec.input_size, detector.spec.classes
@@ -284,7 +283,9 @@ def predict_results(detector, images: list[Path], report: ImportReport, batch_si
             batch.append(boxed)
             scales.append(scale)
             shapes.append((rgb.shape[1], rgb.shape[0]))
-        dets = iter(detector.predict(torch.from_numpy(to_batch(batch)), scales) if batch else [])
+        tensor = torch.from_numpy(to_batch(batch)) if batch else None
+        dets = iter(detector.predict(tensor, scales) if batch else [])
+        embeddings = iter(embed(detector, tensor) if batch and with_embeddings else [])
         for shape in shapes:
             if shape is None:
                 out.append(None)
@@ -294,4 +295,6 @@ def predict_results(detector, images: list[Path], report: ImportReport, batch_si
                        for xyxy, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                                      det["labels"].tolist())]
             out.append({"result": results, "score": float(det["scores"].mean()) if results else 0.0})
+            if with_embeddings:
+                out[-1]["embedding"] = next(embeddings)
     return out
