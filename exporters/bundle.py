@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from torchvision.ops import box_iou
 
 import atom
 from atom.data.loader import DetectionDataset, collate
-from atom.data.version import DatasetVersion
+from atom.data.version import DatasetVersion, sha256_file
 from atom.evaluation import coco_evaluate, to_coco_results
 from atom.models.detector import PRE_NMS_TOP_K, postprocess
 from atom.tracking import ModelRef
@@ -103,10 +102,6 @@ def latency_ms(fn, sample: torch.Tensor, runs: int = 20, warmup: int = 3) -> flo
     return statistics.median(times)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: DatasetVersion, report: dict,
              tracking_uri: str, args: dict) -> dict:
     spec = detector.spec
@@ -177,7 +172,7 @@ def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: s
             "threads": torch.get_num_threads()}}
         (tmp / "export_report.json").write_text(json.dumps(report, indent=1))
         doc = manifest(format_name, model_file.name, detector, ref, version, report, tracking_uri, args)
-        doc["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        doc["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1))
         _swap_into_place(tmp, target)
     except BaseException:

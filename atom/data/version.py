@@ -88,7 +88,7 @@ def assign_split(key: str, ratios: tuple[float, float, float]) -> str:
     return "train" if u < ratios[0] else "val" if u < ratios[0] + ratios[1] else "test"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -164,7 +164,7 @@ def write_version(
             continue
         split = sample.split or assign_split(sample.image.name, split_ratios)
         boxes = _validated_boxes(sample, width, height, class_ids, report)
-        rows.append((split, sample, _sha256(sample.image), width, height, boxes))
+        rows.append((split, sample, sha256_file(sample.image), width, height, boxes))
     if not rows:
         raise DatasetError(f"{source.description or name}: no usable samples left after validation "
                            f"(problems: {report.counts()})")
