@@ -101,7 +101,7 @@ def _recipe(module: str, function: str, config: str, overrides: list[str]) -> in
 
     from recipes import compose
 
-    if config != "train":  # `model` is the detector config group; the registered model has its own key
+    if config in ("evaluate", "export"):  # `model` is the detector config group; the registered model has its own key
         overrides = [f"registered_{o}" if o.startswith("model=") else o for o in overrides]
     from atom.errors import AtomError
 
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "train", "train", "train", "train, evaluate and register a detector (Hydra overrides)"),
         ("evaluate", "evaluate", "evaluate", "evaluate", "evaluate a registered model: model=NAME@ALIAS"),
         ("export", "export", "export", "export", "export a registered model to a verified bundle: model=NAME@ALIAS"),
+        ("adapt", "adapt", "adapt", "adapt", "few-shot: adapt a registered detector to a new scene's classes: "
+         "base=NAME@ALIAS data=SCENE shots=K [mode=novel] [export=onnx]"),
     ]:
         cmd = sub.add_parser(name, help=text, description=f"{text}. Overrides are Hydra's KEY=VALUE "
                              f"(see conf/{config}.yaml), e.g. experiment=vehicles trainer.max_epochs=5.")

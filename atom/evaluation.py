@@ -25,7 +25,7 @@ DetectFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 def predict_split(detect: DetectFn, spec: DetectorSpec, version: DatasetVersion, split: str,
                   batch_size: int = 8) -> list[dict]:
     """COCO result dicts (bbox xywh in original pixels, category_id 1-based) for every image of a split."""
-    loader = DataLoader(DetectionDataset(version, split, spec.input_size), batch_size=batch_size,
+    loader = DataLoader(DetectionDataset(version, split, spec.input_size, classes=spec.classes), batch_size=batch_size,
                         collate_fn=collate)
     results = []
     with torch.no_grad():
@@ -82,7 +82,7 @@ def _empty_metrics(gt: dict) -> dict:
 
 def evaluate(detect: DetectFn, spec: DetectorSpec, version: DatasetVersion, split: str) -> tuple[dict, list, object]:
     results = predict_split(detect, spec, version, split)
-    metrics, ev = coco_evaluate(version.coco(split), results)
+    metrics, ev = coco_evaluate(version.coco(split, spec.classes), results)
     return metrics, results, ev
 
 

@@ -30,7 +30,8 @@ def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: floa
     box coordinates within box_rtol of the image's longest side), and COCO mAP equal within map_tol. Detections present on one side only
     are tolerated only at the score threshold or the detection cap, where rounding decides."""
     spec = detector.spec
-    loader = DataLoader(DetectionDataset(version, split, spec.input_size), batch_size=batch_size, collate_fn=collate)
+    loader = DataLoader(DetectionDataset(version, split, spec.input_size, classes=spec.classes), batch_size=batch_size,
+                        collate_fn=collate)
     torch_results, export_results = [], []
     worst_rel, matched, borderline, failures = 0.0, 0, 0, []
     with torch.no_grad():
@@ -45,7 +46,7 @@ def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: floa
                 matched, borderline, worst_rel = matched + m, borderline + border, max(worst_rel, rel)
                 if problem:
                     failures.append(f"image {meta['image_id']}: {problem}")
-    gt = version.coco(split)
+    gt = version.coco(split, spec.classes)
     map_torch = coco_evaluate(gt, torch_results)[0]
     map_export = coco_evaluate(gt, export_results)[0]
     diffs = {k: abs(map_torch[k] - map_export[k]) for k in ("mAP50", "mAP50_95")}

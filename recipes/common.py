@@ -1,10 +1,15 @@
-"""What the evaluate and export recipes share: a registered model version with its dataset version."""
+"""What the recipes share: a registered model version with its dataset version; the MLflow run of a training
+(train, adapt) and its held-out evaluation."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 
 def load_registered(cfg: DictConfig):
@@ -26,3 +31,61 @@ def load_registered(cfg: DictConfig):
         raise DatasetError(f"model {ref.uri} was trained on dataset {name}/{version_id}, "
                            f"which is not in {cfg.paths.datasets}: {e}") from None
     return ref, tracking.load_detector(ref), version
+
+
+def mlflow_logger(cfg: DictConfig, version, run_dir: Path):
+    """The run's MLFlowLogger: a new run, or the interrupted one when resuming. Returns (logger, resuming)."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from atom import tracking
+
+    uri = tracking.configure(cfg.paths.output_dir)
+    tracking.ensure_experiment(cfg.tracking.experiment, cfg.paths.output_dir)
+    run_id_file = run_dir / "mlflow_run_id"
+    resuming = bool(cfg.get("resume")) and (run_dir / "checkpoints" / "last.ckpt").exists() and run_id_file.exists()
+    if cfg.get("resume") and not resuming:
+        log.warning("resume requested but %s has no interrupted run; starting a new run", run_dir)
+    logger = MLFlowLogger(
+        experiment_name=cfg.tracking.experiment, run_name=cfg.run_name, tracking_uri=uri,
+        artifact_location=tracking.artifact_location(cfg.paths.output_dir, uri),
+        run_id=run_id_file.read_text().strip() if resuming else None, tags=tracking.lineage_tags(version))
+    run_id_file.write_text(logger.run_id)
+    if resuming:  # MLflow params are immutable: the resumed run keeps its first config; the new one is an artifact
+        logger.experiment.set_tag(logger.run_id, "resumed", "true")
+    else:
+        logger.log_hyperparams(flat(OmegaConf.to_container(cfg, resolve=True)))
+    config_file = run_dir / ("config-resumed.yaml" if resuming else "config.yaml")
+    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    logger.experiment.log_artifact(logger.run_id, str(config_file))
+    return logger, resuming
+
+
+def evaluate_and_log(detector, version, split: str, run_dir: Path, logger, extra: dict) -> dict:
+    """COCO metrics on the held-out split (plus `extra`) in metrics.json, logged to the run with the PR curves
+    and a prediction grid."""
+    from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
+
+    metrics, results, ev = evaluate(detector, detector.spec, version, split)
+    metrics = {"split": split, **metrics, **extra, "dataset_fingerprint": version.fingerprint}
+    client, run_id = logger.experiment, logger.run_id
+    key = split.replace("+", "_")  # MLflow metric names allow no '+'
+    client.log_metric(run_id, f"{key}/mAP50", metrics["mAP50"])
+    client.log_metric(run_id, f"{key}/mAP50_95", metrics["mAP50_95"])
+    for name, ap in metrics["per_class"].items():
+        client.log_metric(run_id, f"{key}/AP50/{name}", ap["AP50"])
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    classes = detector.spec.classes
+    for artifact in (run_dir / "metrics.json", plot_pr_curves(ev, classes, run_dir / "pr_curves.png"),
+                     prediction_grid(version, split, results, classes, run_dir / "predictions.jpg")):
+        client.log_artifact(run_id, str(artifact), "evaluation")
+    return metrics
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import recipes  # noqa: F401  (registers the config resolvers)
+from recipes.common import evaluate_and_log, mlflow_logger
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def train(cfg: DictConfig) -> dict:
     version = open_version(Path(cfg.paths.datasets), cfg.data.name, cfg.data.version)
     model_cfg = OmegaConf.to_container(cfg.model)
     channels_last = model_cfg.pop("channels_last", False)
-    spec = {**model_cfg, "classes": version.classes}
+    spec = {**model_cfg, "classes": select_classes(version, cfg.data.get("classes"))}
     for split in (cfg.data.train_split, cfg.data.val_split):
         if not version.has_split(split):
             raise DatasetError(f"{version.root}: dataset version has no {split!r} images; re-import it with a "
@@ -45,14 +46,15 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    logger, resuming = _mlflow_logger(cfg, version, run_dir)
+    logger, resuming = mlflow_logger(cfg, version, run_dir)
     run_id = logger.run_id
     resume_ckpt = run_dir / "checkpoints" / "last.ckpt"
 
-    val_gt = version.coco(cfg.data.val_split)
+    val_gt = version.coco(cfg.data.val_split, spec["classes"])
     module = DetectionModule(spec, channels_last=channels_last, val_gt=val_gt, **cfg.optim)
     datamodule = DetectionDataModule(version, spec["input_size"], cfg.data.batch_size, cfg.data.num_workers,
-                                     cfg.data.policy, cfg.data.train_split, cfg.data.val_split)
+                                     cfg.data.policy, cfg.data.train_split, cfg.data.val_split,
+                                     classes=spec["classes"])
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
     throughput = TrainThroughput()
     callbacks = [checkpoint, throughput]
@@ -70,7 +72,7 @@ def train(cfg: DictConfig) -> dict:
     # Evaluation, registration and export work on CPU in the standard memory layout, wherever training ran.
     detector = module.detector.cpu().to(memory_format=torch.contiguous_format).eval()
 
-    metrics = _evaluate_and_log(detector, version, test_split, run_dir, logger, {
+    metrics = evaluate_and_log(detector, version, test_split, run_dir, logger, {
         "epochs": trainer.current_epoch, "train_images_per_s": round(throughput.images_per_s, 2)})
 
     ref = tracking.register_detector(detector, run_id, cfg.tracking.model_name, {
@@ -84,60 +86,17 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-def _mlflow_logger(cfg: DictConfig, version, run_dir: Path):
-    """The run's MLFlowLogger: a new run, or the interrupted one when resuming. Returns (logger, resuming)."""
-    from pytorch_lightning.loggers import MLFlowLogger
+def select_classes(version, classes) -> list[str]:
+    """The classes to train: all of the version's (None), or a subset; the others' boxes become background."""
+    from atom.data.version import DatasetError
 
-    from atom import tracking
-
-    uri = tracking.configure(cfg.paths.output_dir)
-    tracking.ensure_experiment(cfg.tracking.experiment, cfg.paths.output_dir)
-    run_id_file = run_dir / "mlflow_run_id"
-    resuming = bool(cfg.resume) and (run_dir / "checkpoints" / "last.ckpt").exists() and run_id_file.exists()
-    if cfg.resume and not resuming:
-        log.warning("resume requested but %s has no interrupted run; starting a new run", run_dir)
-    logger = MLFlowLogger(
-        experiment_name=cfg.tracking.experiment, run_name=cfg.run_name, tracking_uri=uri,
-        artifact_location=tracking.artifact_location(cfg.paths.output_dir, uri),
-        run_id=run_id_file.read_text().strip() if resuming else None, tags=tracking.lineage_tags(version))
-    run_id_file.write_text(logger.run_id)
-    if resuming:  # MLflow params are immutable: the resumed run keeps its first config; the new one is an artifact
-        logger.experiment.set_tag(logger.run_id, "resumed", "true")
-    else:
-        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
-    config_file = run_dir / ("config-resumed.yaml" if resuming else "config.yaml")
-    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    logger.experiment.log_artifact(logger.run_id, str(config_file))
-    return logger, resuming
-
-
-def _evaluate_and_log(detector, version, split: str, run_dir: Path, logger, extra: dict) -> dict:
-    """COCO metrics on the held-out split (plus `extra`) in metrics.json, logged to the run with the PR curves
-    and a prediction grid."""
-    from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
-
-    metrics, results, ev = evaluate(detector, detector.spec, version, split)
-    metrics = {"split": split, **metrics, **extra, "dataset_fingerprint": version.fingerprint}
-    client, run_id = logger.experiment, logger.run_id
-    client.log_metric(run_id, f"{split}/mAP50", metrics["mAP50"])
-    client.log_metric(run_id, f"{split}/mAP50_95", metrics["mAP50_95"])
-    for name, ap in metrics["per_class"].items():
-        client.log_metric(run_id, f"{split}/AP50/{name}", ap["AP50"])
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    for artifact in (run_dir / "metrics.json", plot_pr_curves(ev, version.classes, run_dir / "pr_curves.png"),
-                     prediction_grid(version, split, results, version.classes, run_dir / "predictions.jpg")):
-        client.log_artifact(run_id, str(artifact), "evaluation")
-    return metrics
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    if classes is None:
+        return version.classes
+    unknown = [c for c in classes if c not in version.classes]
+    if unknown or not classes:
+        raise DatasetError(f"{version.root}: data.classes {list(classes)} must be a non-empty subset of the "
+                           f"version's classes {version.classes}")
+    return list(classes)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -13,12 +13,13 @@ from atom.models.preprocess import letterbox, read_rgb
 
 class DetectionDataset(Dataset):
     """Items: (image float CHW 0..255, target {'boxes' xyxy input px, 'labels' 0-based}, meta {'image_id', 'scale'}).
-    With `policy` None the image is only letterboxed (evaluation); otherwise the named augmentation applies."""
+    With `policy` None the image is only letterboxed (evaluation); otherwise the named augmentation applies.
+    `classes` (default: the version's) fixes the label order; boxes of other classes are left out."""
 
     def __init__(self, version: DatasetVersion, split: str, input_size: int, policy: str | None = None,
-                 image_ids: list[int] | None = None):
+                 image_ids: list[int] | None = None, classes: list[str] | None = None):
         self.version, self.input_size = version, input_size
-        coco = version.coco(split)
+        coco = version.coco(split, classes)
         keep = None if image_ids is None else set(image_ids)
         self.images = [im for im in coco["images"] if keep is None or im["id"] in keep]
         self.boxes = {im["id"]: [] for im in coco["images"]}

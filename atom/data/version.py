@@ -58,14 +58,42 @@ class DatasetVersion:
     def annotations_file(self, split: str) -> Path:
         return self.root / "annotations" / f"{split}.json"
 
-    def coco(self, split: str) -> dict:
-        path = self.annotations_file(split)
-        if not path.exists():
-            raise DatasetError(f"{path}: dataset version has no {split!r} split")
-        return json.loads(path.read_text())
+    def coco(self, split: str, classes: list[str] | None = None) -> dict:
+        """A split as a COCO dict. `val+test` joins splits (image and box ids renumbered). `classes` restricts
+        and orders the categories (category_id = position + 1): boxes of other classes are dropped, every image
+        stays, so a detector of those classes sees the others as background."""
+        parts = []
+        for name in split.split("+"):
+            path = self.annotations_file(name)
+            if not path.exists():
+                raise DatasetError(f"{path}: dataset version has no {name!r} split")
+            parts.append(json.loads(path.read_text()))
+        coco = parts[0] if len(parts) == 1 else _join(parts)
+        return coco if classes is None else _restrict(coco, classes)
 
     def has_split(self, split: str) -> bool:
-        return self.card["splits"].get(split, {}).get("images", 0) > 0
+        return any(self.card["splits"].get(s, {}).get("images", 0) > 0 for s in split.split("+"))
+
+
+def _join(parts: list[dict]) -> dict:
+    out = {"images": [], "annotations": [], "categories": parts[0]["categories"]}
+    for coco in parts:
+        new_ids = {}
+        for im in coco["images"]:
+            new_ids[im["id"]] = len(out["images"]) + 1
+            out["images"].append({**im, "id": new_ids[im["id"]]})
+        for a in coco["annotations"]:
+            out["annotations"].append({**a, "id": len(out["annotations"]) + 1, "image_id": new_ids[a["image_id"]]})
+    return out
+
+
+def _restrict(coco: dict, classes: list[str]) -> dict:
+    by_name = {c["name"]: c["id"] for c in coco["categories"]}
+    new_id = {by_name[c]: i + 1 for i, c in enumerate(classes) if c in by_name}
+    return {"images": coco["images"],
+            "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
+            "annotations": [{**a, "category_id": new_id[a["category_id"]]}
+                            for a in coco["annotations"] if a["category_id"] in new_id]}
 
 
 def open_version(datasets_dir: Path, name: str, version: str = "latest") -> DatasetVersion:

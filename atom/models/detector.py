@@ -31,6 +31,7 @@ class DetectorSpec:
     fpn_channels: int = 64
     head_channels: int = 96
     head_convs: int = 2
+    class_groups: list[int] = field(default_factory=list)  # classes per head, in order; empty: one head for all
     freeze_stages: int = 2  # backbone stages (after the stem) kept frozen; -1 freezes nothing
     freeze_bn: bool = True  # keep backbone BatchNorm in eval mode (small batches on CPU)
     score_thresh: float = 0.05
@@ -45,6 +46,9 @@ class DetectorSpec:
             self.mean, self.std = list(mean), list(std)
         if not self.classes:
             raise ValueError("a detector needs at least one class")
+        self.class_groups = list(self.class_groups) or [len(self.classes)]
+        if sum(self.class_groups) != len(self.classes) or min(self.class_groups) < 1:
+            raise ValueError(f"class_groups {self.class_groups} must split the {len(self.classes)} classes")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +58,7 @@ STRIDES = (8, 16, 32)
 # Object sizes (longest box side of the regression target) each level is responsible for, FCOS-style.
 SIZE_RANGES = ((0, 64), (64, 128), (128, 1e8))
 PRE_NMS_TOP_K = 1000  # bounds NMS work on a poorly trained model
+NO_CLASS_LOGIT = -1e4  # another head's classes at a head's locations: score exactly 0 after the sigmoid
 
 
 def _sep_conv(cin: int, cout: int) -> nn.Sequential:
@@ -97,41 +102,63 @@ class Head(nn.Module):
 
 
 class Detector(nn.Module):
+    """One head per class group: a trained detector has one; generalized few-shot adaptation adds a head for the
+    new classes beside the frozen base head, so the base classes' outputs stay bit-identical."""
+
     def __init__(self, spec: DetectorSpec):
         super().__init__()
         self.spec = spec
         self.backbone = create_backbone(spec.backbone, out_indices=(2, 3, 4), pretrained=spec.pretrained)
         self.neck = LightFPN(self.backbone.feature_info.channels(), spec.fpn_channels)
-        self.head = Head(spec.fpn_channels, spec.head_channels, spec.head_convs, len(spec.classes), len(STRIDES))
+        self.heads = nn.ModuleList(Head(spec.fpn_channels, spec.head_channels, spec.head_convs, n, len(STRIDES))
+                                   for n in spec.class_groups)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255, persistent=False)
-        self._freeze()
+        self.frozen: list[str] = []
+        if spec.freeze_stages >= 0:
+            stem = [n for n, _ in self.backbone.named_children() if n in ("conv_stem", "bn1")]
+            self.freeze(*[f"backbone.{n}" for n in stem],
+                        *[f"backbone.blocks.{i}" for i in range(spec.freeze_stages)])
 
     # -- training-time helpers
-    def _frozen_modules(self) -> list[nn.Module]:
-        if self.spec.freeze_stages < 0:
-            return []
-        stem = [m for n, m in self.backbone.named_children() if n in ("conv_stem", "bn1")]
-        return stem + list(self.backbone.blocks[: self.spec.freeze_stages])
-
-    def _freeze(self):
-        for module in self._frozen_modules():
-            module.requires_grad_(False)
+    def freeze(self, *names: str):
+        """Freeze submodules by name ('backbone', 'neck', 'heads.0', ...): no gradients, and in train mode they stay
+        in eval mode, so their BatchNorm statistics do not drift either."""
+        for name in names:
+            self.get_submodule(name).requires_grad_(False)
+            if name not in self.frozen:
+                self.frozen.append(name)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.spec.freeze_bn:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        if mode:
+            for name in self.frozen:
+                self.get_submodule(name).eval()
+            if self.spec.freeze_bn:
+                for m in self.backbone.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
         return self
 
     # -- network
-    def forward_raw(self, images: torch.Tensor):
-        """images: B x 3 x H x W float RGB 0..255. Returns per-location cls logits (B,N,C), ltrb distances in
-        pixels (B,N,4), centerness logits (B,N), and the locations (N,2) with their strides (N,)."""
-        x = (images - self.mean) / self.std
-        levels = self.head(self.neck(self.backbone(x)))
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images: B x 3 x H x W float RGB 0..255 -> FPN levels."""
+        return self.neck(self.backbone((images - self.mean) / self.std))
+
+    def forward_raw(self, images: torch.Tensor, head: int | None = None):
+        """Per-location cls logits (B,N,C), ltrb distances in pixels (B,N,4), centerness logits (B,N), and the
+        locations (N,2) with their strides (N,). With several heads the locations of each head follow one another
+        and a head's locations score only its own classes; `head` selects one head (C = its classes only)."""
+        feats = self.features(images)
+        if head is not None or len(self.heads) == 1:
+            return self._decode(self.heads[head or 0](feats))
+        outs, groups = [self._decode(h(feats)) for h in self.heads], self.spec.class_groups
+        cls = [F.pad(o[0], (sum(groups[:g]), sum(groups[g + 1:])), value=NO_CLASS_LOGIT) for g, o in enumerate(outs)]
+        return (torch.cat(cls, 1), torch.cat([o[1] for o in outs], 1), torch.cat([o[2] for o in outs], 1),
+                torch.cat([o[3] for o in outs]), torch.cat([o[4] for o in outs]))
+
+    @staticmethod
+    def _decode(levels):
         cls, reg, ctr, points, strides = [], [], [], [], []
         for (c, r), stride in zip(levels, STRIDES):
             b, _, h, w = c.shape

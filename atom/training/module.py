@@ -13,11 +13,15 @@ from atom.models.loss import fcos_loss
 
 
 class DetectionModule(pl.LightningModule):
-    def __init__(self, spec: dict, lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 50,
-                 backbone_lr_scale: float = 0.5, channels_last: bool = True, val_gt: dict | None = None):
+    """Trains a new detector from `spec`, or a given `detector` (few-shot adaptation) whose frozen parts stay
+    frozen; `head` limits the loss to one head, whose targets are then numbered within its own classes."""
+
+    def __init__(self, spec: dict | None = None, lr: float = 2e-3, weight_decay: float = 0.05,
+                 warmup_steps: int = 50, backbone_lr_scale: float = 0.5, channels_last: bool = True,
+                 val_gt: dict | None = None, detector: Detector | None = None, head: int | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["val_gt"])
-        self.detector = Detector(DetectorSpec(**spec))
+        self.save_hyperparameters(ignore=["val_gt", "detector"])
+        self.detector = detector if detector is not None else Detector(DetectorSpec(**spec))
         if channels_last:
             self.detector.to(memory_format=torch.channels_last)
         self.val_gt = val_gt
@@ -27,7 +31,7 @@ class DetectionModule(pl.LightningModule):
         images, targets, _ = batch
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        losses = fcos_loss(self.detector.forward_raw(images), targets)
+        losses = fcos_loss(self.detector.forward_raw(images, self.hparams.head), targets)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(images))
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(images))
         return losses["loss"]
@@ -50,8 +54,9 @@ class DetectionModule(pl.LightningModule):
         backbone = [p for p in self.detector.backbone.parameters() if p.requires_grad]
         rest = [p for n, p in self.detector.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
         lr = self.hparams.lr
-        optimizer = torch.optim.AdamW([{"params": backbone, "lr": lr * self.hparams.backbone_lr_scale},
-                                       {"params": rest, "lr": lr}], lr=lr, weight_decay=self.hparams.weight_decay)
+        groups = [{"params": backbone, "lr": lr * self.hparams.backbone_lr_scale}, {"params": rest, "lr": lr}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr,
+                                      weight_decay=self.hparams.weight_decay)
         total = max(self._total_steps(), 1)
         warmup = min(self.hparams.warmup_steps, total // 3)
 

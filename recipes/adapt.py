@@ -1,0 +1,135 @@
+"""Adapt a registered detector to a new scene from K labeled images per new class; register (and export) it.
+
+    atom adapt base=atom-vehicles-base@candidate data=vehicles shots=10            (generalized: base + new)
+    atom adapt base=... data=my-scene shots=5 mode=novel export=onnx              (new classes only, exported)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import recipes  # noqa: F401  (registers the config resolvers)
+from recipes.common import evaluate_and_log, mlflow_logger
+
+log = logging.getLogger(__name__)
+
+
+def adapt(cfg: DictConfig) -> dict:
+    """Returns the evaluation (overall, new-class nAP50 and base-class bAP50) and the registered model version."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from atom import fewshot, tracking
+    from atom.data.loader import DetectionDataset, collate
+    from atom.data.version import open_version
+    from atom.training.callbacks import TrainThroughput
+    from atom.training.module import DetectionModule
+    from exporters import resolve_format
+
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(cfg.threads)
+    fs = cfg.fewshot
+    export_args = OmegaConf.to_container(cfg.export.args) if cfg.get("export") else None
+    if export_args is not None:
+        resolve_format(cfg.export.format, export_args)  # a bad format fails before anything trains
+
+    # Everything that can be wrong with the request fails here, before training.
+    tracking.configure(cfg.paths.output_dir)
+    base_ref = tracking.resolve_model(cfg.base)
+    base = tracking.load_detector(base_ref)
+    version = open_version(Path(cfg.paths.datasets), cfg.data.name, cfg.data.version)
+    plan = fewshot.plan(base.spec, cfg.base, version, cfg.mode, cfg.classes, OmegaConf.to_container(cfg.model))
+    fewshot.choose_transfer(fs.transfer, cfg.mode, 1.0, fs.recall_threshold)  # validates the name and mode
+    shots = fewshot.sample_shots(version, cfg.data.train_split, plan.new_classes, cfg.shots, cfg.seed)
+    images = fewshot.shot_images(shots)
+    size = base.spec.input_size
+    plain = DataLoader(DetectionDataset(version, cfg.data.train_split, size, None, images, plan.new_classes),
+                       batch_size=fs.batch_size, collate_fn=collate)
+
+    recall = fewshot.base_recall(base, plain) if fs.transfer == "auto" else None
+    transfer = fewshot.choose_transfer(fs.transfer, cfg.mode, recall, fs.recall_threshold)
+    detector = fewshot.build(base, plan, transfer)
+    separation = fewshot.imprint(detector, plain) if fs.init == "imprint" else {}
+    steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
+    log.info("adapting %s to %s (%s, %d shot images, base recall %s -> transfer %s, %d steps)", base_ref.uri,
+             plan.new_classes, cfg.mode, len(images), "n/a" if recall is None else f"{recall:.2f}", transfer, steps)
+
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger, _ = mlflow_logger(cfg, version, run_dir)
+    train_set = DetectionDataset(version, cfg.data.train_split, size, fs.policy, images, plan.new_classes)
+    loader = DataLoader(train_set, batch_size=fs.batch_size, collate_fn=collate, drop_last=True,
+                        sampler=RandomSampler(train_set, replacement=True, num_samples=steps * fs.batch_size))
+    module = DetectionModule(detector=detector, head=len(detector.heads) - 1, channels_last=False, **fs.optim)
+    throughput = TrainThroughput()
+    trainer = pl.Trainer(logger=logger, callbacks=[throughput], max_steps=steps, max_epochs=1,
+                         limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+                         default_root_dir=run_dir, **OmegaConf.to_container(fs.trainer))
+    trainer.fit(module, train_dataloaders=loader)
+    detector = module.detector.eval()
+
+    extra = {"shots": cfg.shots, "seed": cfg.seed, "mode": cfg.mode, "transfer": transfer, "base_recall": recall,
+             "shot_images": len(images), "steps": steps, "train_images_per_s": round(throughput.images_per_s, 2),
+             "imprint_separation": {plan.new_classes[c]: round(v, 4) for c, v in separation.items()}}
+    metrics = {}
+    if version.has_split(cfg.eval_split):
+        metrics = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger, extra)
+        metrics.update(group_ap50(metrics, plan))
+    (run_dir / "shots.json").write_text(json.dumps({c: [_file_name(version, cfg.data.train_split, i) for i in ids]
+                                                    for c, ids in shots.items()}, indent=1))
+    logger.experiment.log_artifact(logger.run_id, str(run_dir / "shots.json"))
+
+    tags = {**tracking.lineage_tags(version), "base.model": base_ref.uri, "fewshot.mode": cfg.mode,
+            "fewshot.shots": str(cfg.shots), "fewshot.seed": str(cfg.seed), "fewshot.transfer": transfer,
+            "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")),
+            "fewshot.split": cfg.data.train_split}
+    if metrics:
+        tags.update({f"{cfg.eval_split}.{k}": f"{metrics[k]:.4f}" for k in ("mAP50", "nAP50", "bAP50") if k in metrics})
+    ref = tracking.register_detector(detector, logger.run_id, cfg.tracking.model_name, tags, cfg.tracking.alias)
+    summary = {**extra, **metrics, "model_name": ref.name, "model_version": ref.version, "run_id": logger.run_id}
+    if export_args is not None:
+        summary["bundle"] = _export(cfg, ref, detector, version, export_args)
+    log.info("registered %s version %s", ref.name, ref.version)
+    return summary
+
+
+def group_ap50(metrics: dict, plan) -> dict:
+    """nAP50 over the new classes and, in generalized mode, bAP50 over the base classes."""
+    ap = {c: v["AP50"] for c, v in metrics["per_class"].items()}
+    out = {"nAP50": sum(ap[c] for c in plan.new_classes) / len(plan.new_classes)}
+    if plan.mode == "generalized":
+        out["bAP50"] = sum(ap[c] for c in plan.base_classes) / len(plan.base_classes)
+    return out
+
+
+def _file_name(version, split: str, image_id: int) -> str:
+    return next(im["file_name"] for im in version.coco(split)["images"] if im["id"] == image_id)
+
+
+def _export(cfg: DictConfig, ref, detector, version, args: dict) -> str:
+    from atom import tracking
+    from exporters.bundle import log_bundle, make_bundle
+
+    verify = OmegaConf.to_container(cfg.export.verify)
+    verify["split"] = cfg.eval_split if version.has_split(cfg.eval_split) else cfg.data.train_split
+    bundle, _ = make_bundle(ref, detector, version, cfg.export.format, args, verify, Path(cfg.paths.bundles),
+                            tracking.tracking_uri(cfg.paths.output_dir))
+    log_bundle(ref, bundle, cfg.export.format)
+    return str(bundle)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="adapt")
+def main(cfg: DictConfig) -> None:
+    print(json.dumps(adapt(cfg), indent=1))
+
+
+if __name__ == "__main__":
+    main()

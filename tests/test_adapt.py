@@ -1,0 +1,158 @@
+"""Few-shot adaptation (`atom adapt`): a tiny base detector trained on two of the sample's classes, adapted to the
+third through the Hydra recipe; the generalized model must keep the base head's outputs exactly; bad requests
+fail before training."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from tests.conftest import tiny_overrides
+
+
+def adapt_overrides(project, base: str, **extra) -> list[str]:
+    """Shrink an adaptation to seconds through config only."""
+    values = {"base": base, "shots": 2, "fewshot.min_steps": 3, "fewshot.max_steps": 3, "fewshot.batch_size": 2,
+              "eval_split": "test", "tracking.model_name": "atom-sample-fewshot", **extra}
+    return [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
+            *[f"{k}={v}" for k, v in values.items()]]
+
+
+@pytest.fixture(scope="module")
+def base_model(project):
+    """A tiny base detector of car and bus (pedestrian boxes are background to it)."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    from recipes import compose
+    from recipes.train import train
+
+    cfg = compose("train", [*tiny_overrides(project, "tiny-base"), "data.classes=[car,bus]",
+                            "tracking.model_name=atom-sample-base", "trainer.limit_train_batches=3"])
+    result = train(cfg)
+    return f"{result['model_name']}/{result['model_version']}"
+
+
+def test_generalized_adaptation_keeps_base_outputs(project, base_model):
+    from atom import tracking
+    from recipes import compose
+    from recipes.adapt import adapt
+
+    result = adapt(compose("adapt", adapt_overrides(project, base_model, seed=1)))
+    assert result["mode"] == "generalized"
+    assert 0.0 <= result["nAP50"] <= 1.0 and 0.0 <= result["bAP50"] <= 1.0
+    ref = tracking.resolve_model(f"{result['model_name']}/{result['model_version']}")
+    assert ref.tags["base.model"] == f"models:/{base_model}"
+    shots = json.loads(ref.tags["fewshot.shot_image_ids"])
+    assert list(shots) == ["pedestrian"] and len(shots["pedestrian"]) == 2
+
+    base = tracking.load_detector(tracking.resolve_model(base_model))
+    adapted = tracking.load_detector(ref)
+    assert adapted.spec.classes == ["car", "bus", "pedestrian"] and adapted.spec.class_groups == [2, 1]
+    images = torch.rand(2, 3, 128, 128) * 255
+    with torch.no_grad():
+        base_boxes, base_scores = base(images)
+        boxes, scores = adapted(images)
+    n = base_boxes.shape[1]  # the base head's locations come first, unchanged
+    assert torch.equal(boxes[:, :n], base_boxes) and torch.equal(scores[:, :n, :2], base_scores)
+    assert torch.all(scores[:, :n, 2] == 0) and torch.all(scores[:, n:, :2] == 0)
+
+
+def test_novel_adaptation_with_export(project, base_model):
+    from recipes import compose
+    from recipes.adapt import adapt
+
+    result = adapt(compose("adapt", adapt_overrides(project, base_model, mode="novel", export="onnx",
+                                                    **{"fewshot.transfer": "detector"})))
+    assert result["transfer"] == "detector" and "bAP50" not in result
+    manifest = json.loads((project["outputs"] / "bundles" / result["model_name"] / f"v{result['model_version']}"
+                           / "onnx" / "manifest.json").read_text())
+    assert manifest["model"]["classes"] == ["pedestrian"]
+
+
+def test_imprinting_scores_the_shots_boxes(project, base_model):
+    """Imprinted weights make the shots' own boxes score higher than background before any training."""
+    from torch.utils.data import DataLoader
+
+    from atom import fewshot, tracking
+    from atom.data.loader import DetectionDataset, collate
+    from atom.data.version import open_version
+
+    base = tracking.load_detector(tracking.resolve_model(base_model))
+    version = open_version(project["datasets"], "sample")
+    p = fewshot.plan(base.spec, base_model, version, "novel", None, {})
+    ids = fewshot.shot_images(fewshot.sample_shots(version, "train", p.new_classes, 3, 0))
+    loader = DataLoader(DetectionDataset(version, "train", base.spec.input_size, None, ids, p.new_classes),
+                        batch_size=4, collate_fn=collate)
+    detector = fewshot.build(base, p, "detector")
+    separation = fewshot.imprint(detector, loader)
+    assert separation[0] > 0.5
+    detector.eval()
+    from atom.models.loss import assign
+
+    pos, neg = [], []
+    for images, targets, _ in loader:
+        with torch.no_grad():
+            cls, _, _, points, strides = detector.forward_raw(images)
+        for i, target in enumerate(targets):
+            idx, _ = assign(points, strides, target["boxes"])
+            pos.append(cls[i, idx >= 0, 0])
+            neg.append(cls[i, idx < 0, 0])
+    pos, neg = torch.cat(pos), torch.cat(neg)
+    assert len(pos) and pos.mean() > neg.mean() + 1.0
+    assert (torch.sigmoid(neg) > 0.5).float().mean() < 0.05  # background stays background
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"shots": 1000}, "pool holds only"),
+    ({"classes": "[car]"}, "collide with base model"),
+    ({"classes": "[giraffe]"}, "not in the dataset's classes"),
+    ({"model.input_size": 320}, "input_size"),
+    ({"mode": "sideways"}, "mode 'sideways'"),
+    ({"fewshot.transfer": "imagenet"}, "use mode=novel"),
+])
+def test_bad_requests_fail_before_training(project, base_model, extra, message):
+    from atom.fewshot import AdaptationError
+    from recipes import compose
+    from recipes.adapt import adapt
+
+    runs = project["outputs"] / "runs"
+    before = sorted(p.name for p in runs.iterdir()) if runs.exists() else []
+    with pytest.raises(AdaptationError, match=message):
+        adapt(compose("adapt", adapt_overrides(project, base_model, run_name="bad-request", **extra)))
+    assert sorted(p.name for p in runs.iterdir()) == before  # no run started
+
+
+def test_class_without_examples_is_reported(project, base_model, tmp_path):
+    """A requested class that no training image holds is named in the error."""
+    from atom import fewshot
+    from atom.data.version import open_version
+
+    version = open_version(project["datasets"], "sample")
+    with pytest.raises(fewshot.AdaptationError, match=r"no 'test' image has a box of \['pedestrian'\]"):
+        fewshot.sample_shots(_without(version, "pedestrian", tmp_path), "test", ["pedestrian"], 1, 0)
+
+
+def _without(version, cls: str, tmp_path):
+    """A copy of the version's annotations with every box of `cls` removed from the test split."""
+    import shutil
+
+    from atom.data.version import DatasetVersion
+
+    root = tmp_path / "version"
+    shutil.copytree(version.root / "annotations", root / "annotations")
+    shutil.copy(version.root / "card.json", root / "card.json")
+    coco = json.loads((root / "annotations" / "test.json").read_text())
+    drop = next(c["id"] for c in coco["categories"] if c["name"] == cls)
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] != drop]
+    (root / "annotations" / "test.json").write_text(json.dumps(coco))
+    return DatasetVersion(root)
+
+
+def test_cli_adapt_reports_a_bad_request(project, base_model, capsys):
+    from atom.cli import main
+
+    code = main(["adapt", *adapt_overrides(project, base_model, shots=1000)])
+    assert code == 1
+    assert "shots=1000" in capsys.readouterr().err
