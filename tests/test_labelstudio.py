@@ -201,3 +201,61 @@ def test_queue_puts_the_most_useful_task_first_in_label_studio(label_studio, sam
     nxt = httpx.get(f"{label_studio.url}/api/projects/{project.id}/next",
                     headers={"Authorization": f"Token {label_studio.token}"}).json()
     assert nxt["id"] == result["first_tasks"][0]
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "outputs" / "test-artifacts"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's headless Chromium driven by Selenium through Debian's chromedriver (nothing is downloaded)."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_pushed_predictions_render_in_the_labeling_ui(label_studio, sample_export, browser):
+    """An annotator opening a task sees the pushed prediction's regions, pre-filled and labeled."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    scene = _scene(label_studio, sample_export, "browser", 6)
+    source = read_source("labelstudio", sample_export)
+    source.samples = [s for s in source.samples if (scene.images / s.image.name).exists()]
+    for s in source.samples:
+        s.image = scene.images / s.image.name
+    project = _project(label_studio, scene)
+    project.ensure()
+    project.import_labeled(source, as_annotations=False, model_version="atom-browser/1")
+    sample = max(source.samples, key=lambda s: len(s.boxes))  # the busiest image: every region must show
+    task = next(t for t in project.tasks() if t.data["image"].endswith(sample.image.name))
+
+    browser.get(f"{label_studio.url}/user/login/")
+    browser.find_element(By.NAME, "email").send_keys(label_studio.username)
+    browser.find_element(By.NAME, "password").send_keys(label_studio.password)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+    WebDriverWait(browser, 30).until(lambda d: "/user/login" not in d.current_url)
+    browser.get(f"{label_studio.url}/projects/{project.id}/data?task={task.id}")
+    titles = ".lsf-outliner-item__title"
+    try:
+        WebDriverWait(browser, 90).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, titles)) >= len(sample.boxes))
+        WebDriverWait(browser, 30).until(seen.text_to_be_present_in_element((By.TAG_NAME, "body"), "atom-browser/1"))
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "labelstudio-prediction.png"))
+    shown = sorted(e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, titles))
+    assert shown == sorted(b.label for b in sample.boxes)

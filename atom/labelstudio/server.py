@@ -45,13 +45,14 @@ class LocalServer:
         self.document_root = root / "files"
         self.document_root.mkdir(parents=True)
         self.token = os.urandom(20).hex()
+        self.username, self.password = "atom@example.com", os.urandom(12).hex()  # the web UI's login
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
     def start(self, timeout: float = 180) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "LABEL_STUDIO_URL")}
         env.update({
-            "LABEL_STUDIO_USERNAME": "atom@example.com", "LABEL_STUDIO_PASSWORD": os.urandom(12).hex(),
+            "LABEL_STUDIO_USERNAME": self.username, "LABEL_STUDIO_PASSWORD": self.password,
             "LABEL_STUDIO_USER_TOKEN": self.token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),

@@ -1,0 +1,138 @@
+"""Seeded K-shot benchmark of `atom adapt` on ../shared/datasets (the few-shot detection protocol).
+
+For each K and seed: K images per novel class are drawn from the train split, the base detector (trained on the
+train split with the novel classes' boxes removed) is adapted, and the result is scored on val+test. Printed per
+variant and K: mean ± std over seeds of nAP50 (novel classes) and bAP50 (base classes), and the wall time of one
+adaptation. References: the base detector before adaptation, and the same detector trained on the full train
+split with every class (full data). Every run is appended to <output>/<dataset>-runs.jsonl as it finishes.
+
+    .venv/bin/python benchmarks/fewshot.py vehicles                       # K 1 5 10 30, 5 seeds, main variants
+    .venv/bin/python benchmarks/fewshot.py bccd --shots 10 --seeds 3 --variants generalized imagenet
+    .venv/bin/python benchmarks/fewshot.py vehicles --base atom-vehicles-base@candidate --full atom-vehicles-full/1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atom import PROJECT_ROOT  # noqa: E402
+
+SHARED = PROJECT_ROOT.parent / "shared" / "datasets"
+DATASETS = {  # source format, base classes, novel classes, base-training experiment (conf/experiment/)
+    "vehicles": {"format": "yolo", "novel": ["Motorcycle", "Ambulance"], "experiment": "vehicles_base"},
+    "bccd": {"format": "voc", "novel": ["Platelets"], "experiment": "bccd_base"},
+}
+VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the rest measure the recipe's choices
+    "generalized": [],
+    "imagenet": ["mode=novel", "fewshot.transfer=imagenet"],
+    "novel": ["mode=novel"],
+    "random-init": ["fewshot.init=random"],
+    "light-aug": ["fewshot.policy=light"],
+    "features": ["fewshot.transfer=features"],
+}
+EVAL_SPLIT = "val+test"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", choices=sorted(DATASETS))
+    ap.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 30])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--variants", nargs="+", default=["generalized", "imagenet"], choices=sorted(VARIANTS))
+    ap.add_argument("--base", help="a registered base model to reuse (default: train it)")
+    ap.add_argument("--full", help="a registered full-data model to reuse (default: train it; 'skip': none)")
+    ap.add_argument("--output", default=str(PROJECT_ROOT / "outputs" / "fewshot"))
+    ap.add_argument("overrides", nargs="*", help="extra adapt overrides for every run")
+    args = ap.parse_args()
+    source = SHARED / args.dataset
+    if not source.exists():
+        print(f"skipped: {source} not found (the benchmark needs ../shared/datasets/{args.dataset})")
+        return 0
+
+    from atom import tracking
+    from atom.data.formats import read_source
+    from atom.data.version import write_version
+    from atom.evaluation import evaluate
+    from recipes import compose
+    from recipes.adapt import adapt
+    from recipes.train import train
+
+    setup = DATASETS[args.dataset]
+    out = Path(args.output)
+    common = [f"paths.datasets={out / 'datasets'}", f"paths.output_dir={out}"]
+    version, _ = write_version(read_source(setup["format"], source), out / "datasets", args.dataset)
+    tracking.configure(out)
+
+    def reference(ref: str | None, name: str, extra: list[str]) -> str:
+        if ref:
+            return ref
+        t = time.perf_counter()
+        result = train(compose("train", [f"experiment={setup['experiment']}", *common, "callbacks.rich_progress=false",
+                                         f"run_name={name}", f"tracking.model_name={name}", *extra]))
+        print(f"trained {name}: {(time.perf_counter() - t) / 60:.1f} min")
+        return f"{result['model_name']}/{result['model_version']}"
+
+    base_ref = reference(args.base, f"atom-{args.dataset}-base", [])
+    full_ref = None if args.full == "skip" else reference(args.full, f"atom-{args.dataset}-full", ["data.classes=null"])
+    refs = {}
+    for label, ref in [("base", base_ref)] + ([("full", full_ref)] if full_ref else []):
+        detector = tracking.load_detector(tracking.resolve_model(ref))
+        metrics = evaluate(detector, detector.spec, version, EVAL_SPLIT)[0]
+        refs[label] = {"model": ref, "AP50": {c: round(v["AP50"], 4) for c, v in metrics["per_class"].items()}}
+    base_classes = [c for c in version.classes if c not in setup["novel"]]
+    mean_ap = lambda ap, classes: statistics.fmean(ap[c] for c in classes)  # noqa: E731
+    full_nap = mean_ap(refs["full"]["AP50"], setup["novel"]) if full_ref else float("nan")
+    full_bap = mean_ap(refs["full"]["AP50"], base_classes) if full_ref else float("nan")
+    base_bap = mean_ap(refs["base"]["AP50"], base_classes)
+    print(f"references on {EVAL_SPLIT}: base detector bAP50 {base_bap:.3f}; full data nAP50 {full_nap:.3f} "
+          f"bAP50 {full_bap:.3f}  {json.dumps(refs)}")
+
+    log = out / f"{args.dataset}-runs.jsonl"
+    rows = []
+    for variant in args.variants:
+        for k in args.shots:
+            for seed in range(args.seeds):
+                cfg = compose("adapt", [f"base={base_ref}", f"data={args.dataset}", f"shots={k}", f"seed={seed}",
+                                        f"eval_split={EVAL_SPLIT}", *common, f"run_name=fewshot-{variant}-k{k}-s{seed}",
+                                        f"tracking.model_name=atom-{args.dataset}-fewshot-{variant}",
+                                        f"classes=[{','.join(setup['novel'])}]", *VARIANTS[variant], *args.overrides])
+                t = time.perf_counter()
+                result = adapt(cfg)
+                row = {"dataset": args.dataset, "variant": variant, "shots": k, "seed": seed,
+                       "wall_s": round(time.perf_counter() - t, 1), "nAP50": round(result["nAP50"], 4),
+                       "bAP50": round(result["bAP50"], 4) if "bAP50" in result else None,
+                       "transfer": result["transfer"], "base_recall": result["base_recall"],
+                       "steps": result["steps"], "shot_images": result["shot_images"]}
+                rows.append(row)
+                with log.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+
+    print(f"\n{args.dataset}: {EVAL_SPLIT} ({len(version.coco(EVAL_SPLIT)['images'])} images), novel {setup['novel']}, "
+          f"base {base_classes}")
+    print(f"full-data nAP50 {full_nap:.3f} (80% = {0.8 * full_nap:.3f}), base bAP50 before {base_bap:.3f}")
+    print(f"{'variant':<12} {'K':>3} {'seeds':>5} {'nAP50':>14} {'% of full':>9} {'bAP50':>14} {'ΔbAP50':>7} "
+          f"{'wall s':>7}  transfer")
+    for variant in args.variants:
+        for k in args.shots:
+            group = [r for r in rows if r["variant"] == variant and r["shots"] == k]
+            nap = [r["nAP50"] for r in group]
+            bap = [r["bAP50"] for r in group if r["bAP50"] is not None]
+            fmt = lambda v: f"{statistics.fmean(v):.3f} ± {statistics.pstdev(v):.3f}" if v else "-"  # noqa: E731
+            delta = f"{statistics.fmean(bap) - base_bap:+.3f}" if bap else "-"
+            transfers = sorted({r["transfer"] for r in group})
+            print(f"{variant:<12} {k:>3} {len(group):>5} {fmt(nap):>14} {statistics.fmean(nap) / full_nap:>8.0%} "
+                  f"{fmt(bap):>14} {delta:>7} {statistics.fmean(r['wall_s'] for r in group):>7.1f}  "
+                  f"{','.join(transfers)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
