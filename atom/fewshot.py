@@ -143,13 +143,17 @@ def choose_transfer(transfer: str, mode: str, recall: float | None, threshold: f
     return "features" if mode == "generalized" else "imagenet"
 
 
-def build(base: Detector, p: Plan, transfer: str) -> Detector:
+def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = False) -> Detector:
     """The detector to train, with everything it must not change frozen. Trainable: the new head (generalized);
-    neck and head (novel). The backbone stays frozen in both: K images cannot retrain it."""
+    neck and head (novel), plus the backbone's later stages with `unfreeze_backbone` (partial unfreezing; novel
+    mode only, since in generalized mode the base head depends on the backbone)."""
+    if unfreeze_backbone and p.mode == "generalized":
+        raise AdaptationError("unfreeze_backbone would change the base classes' features: use mode=novel")
     if transfer == "imagenet":
         spec = DetectorSpec(**{**base.spec.to_dict(), "classes": p.classes, "class_groups": [], "pretrained": True})
         detector = Detector(spec)
-        detector.freeze("backbone")
+        if not unfreeze_backbone:
+            detector.freeze("backbone")
         return detector
     groups = list(base.spec.class_groups) + [len(p.new_classes)] if p.mode == "generalized" else []
     spec = DetectorSpec(**{**base.spec.to_dict(), "classes": p.classes, "class_groups": groups, "pretrained": False})
@@ -161,7 +165,7 @@ def build(base: Detector, p: Plan, transfer: str) -> Detector:
         for g, head in enumerate(base.heads):
             detector.heads[g].load_state_dict(head.state_dict())
         detector.freeze("backbone", "neck", *[f"heads.{g}" for g in range(len(base.heads))])
-    else:
+    elif not unfreeze_backbone:
         detector.freeze("backbone")
     if transfer == "detector":  # towers and box regression from the base head; the classifier stays new
         source = copy.deepcopy(base.heads[0])

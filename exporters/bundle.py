@@ -131,6 +131,8 @@ def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: Dataset
         "postprocess": {
             "score_threshold": spec.score_thresh, "pre_nms_top_k": PRE_NMS_TOP_K,
             "nms": {"per_class": True, "iou_threshold": spec.nms_iou}, "max_detections": spec.max_detections,
+            "class_groups": {"sizes": spec.class_groups, "rule": "pre_nms_top_k and max_detections apply per group "
+                             "of consecutive classes (one group per head), so added classes never displace others"},
             "to_original_pixels": "divide box coordinates by the letterbox scale (longest_side / max(h, w))",
         },
         "source": {

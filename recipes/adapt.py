@@ -56,7 +56,7 @@ def adapt(cfg: DictConfig) -> dict:
 
     recall = fewshot.base_recall(base, plain) if fs.transfer == "auto" else None
     transfer = fewshot.choose_transfer(fs.transfer, cfg.mode, recall, fs.recall_threshold)
-    detector = fewshot.build(base, plan, transfer)
+    detector = fewshot.build(base, plan, transfer, fs.unfreeze_backbone)
     separation = fewshot.imprint(detector, plain) if fs.init == "imprint" else {}
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
     log.info("adapting %s to %s (%s, %d shot images, base recall %s -> transfer %s, %d steps)", base_ref.uri,
@@ -67,6 +67,7 @@ def adapt(cfg: DictConfig) -> dict:
     logger, _ = mlflow_logger(cfg, version, run_dir)
     train_set = DetectionDataset(version, cfg.data.train_split, size, fs.policy, images, plan.new_classes)
     loader = DataLoader(train_set, batch_size=fs.batch_size, collate_fn=collate, drop_last=True,
+                        num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0,
                         sampler=RandomSampler(train_set, replacement=True, num_samples=steps * fs.batch_size))
     module = DetectionModule(detector=detector, head=len(detector.heads) - 1, channels_last=False, **fs.optim)
     throughput = TrainThroughput()
@@ -92,7 +93,8 @@ def adapt(cfg: DictConfig) -> dict:
             "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")),
             "fewshot.split": cfg.data.train_split}
     if metrics:
-        tags.update({f"{cfg.eval_split}.{k}": f"{metrics[k]:.4f}" for k in ("mAP50", "nAP50", "bAP50") if k in metrics})
+        key = cfg.eval_split.replace("+", "_")  # MLflow names allow no "+"
+        tags.update({f"{key}.{k}": f"{metrics[k]:.4f}" for k in ("mAP50", "nAP50", "bAP50") if k in metrics})
     ref = tracking.register_detector(detector, logger.run_id, cfg.tracking.model_name, tags, cfg.tracking.alias)
     summary = {**extra, **metrics, "model_name": ref.name, "model_version": ref.version, "run_id": logger.run_id}
     if export_args is not None:

@@ -16,6 +16,7 @@ from tests.conftest import tiny_overrides
 def adapt_overrides(project, base: str, **extra) -> list[str]:
     """Shrink an adaptation to seconds through config only."""
     values = {"base": base, "shots": 2, "fewshot.min_steps": 3, "fewshot.max_steps": 3, "fewshot.batch_size": 2,
+              "fewshot.num_workers": 0,
               "eval_split": "test", "tracking.model_name": "atom-sample-fewshot", **extra}
     return [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
             *[f"{k}={v}" for k, v in values.items()]]
@@ -57,6 +58,10 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
     n = base_boxes.shape[1]  # the base head's locations come first, unchanged
     assert torch.equal(boxes[:, :n], base_boxes) and torch.equal(scores[:, :n, :2], base_scores)
     assert torch.all(scores[:, :n, 2] == 0) and torch.all(scores[:, n:, :2] == 0)
+    # ... and after post-processing: the new head's detections never displace the base classes' (caps per head)
+    for ours, theirs in zip(adapted.postprocess(boxes, scores), base.postprocess(base_boxes, base_scores)):
+        kept = ours["labels"] < 2
+        assert torch.equal(ours["boxes"][kept], theirs["boxes"]) and torch.equal(ours["scores"][kept], theirs["scores"])
 
 
 def test_novel_adaptation_with_export(project, base_model):
@@ -111,6 +116,7 @@ def test_imprinting_scores_the_shots_boxes(project, base_model):
     ({"model.input_size": 320}, "input_size"),
     ({"mode": "sideways"}, "mode 'sideways'"),
     ({"fewshot.transfer": "imagenet"}, "use mode=novel"),
+    ({"fewshot.unfreeze_backbone": "true"}, "use mode=novel"),
 ])
 def test_bad_requests_fail_before_training(project, base_model, extra, message):
     from atom.fewshot import AdaptationError
@@ -156,3 +162,23 @@ def test_cli_adapt_reports_a_bad_request(project, base_model, capsys):
     code = main(["adapt", *adapt_overrides(project, base_model, shots=1000)])
     assert code == 1
     assert "shots=1000" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_adapt_on_real_vehicles(shared_datasets, tmp_path):
+    """The benchmark's setting, shrunk: base detector without Motorcycle and Ambulance, then one shot of each."""
+    from atom.data.formats import read_source
+    from atom.data.version import write_version
+    from recipes import compose
+    from recipes.adapt import adapt
+    from recipes.train import train
+
+    dirs = {"datasets": tmp_path / "datasets", "outputs": tmp_path / "outputs"}
+    write_version(read_source("yolo", shared_datasets / "vehicles"), dirs["datasets"], "vehicles")
+    base = train(compose("train", ["experiment=vehicles_base", *tiny_overrides(dirs, "vehicles-base"),
+                                   "data.num_workers=0"]))
+    assert base["model_name"] == "atom-vehicles-base"
+    result = adapt(compose("adapt", [*adapt_overrides(dirs, f"atom-vehicles-base/{base['model_version']}",
+                                                      shots=1), "data=vehicles"]))
+    assert result["shot_images"] <= 2 and set(result["per_class"]) == {"Bus", "Car", "Truck", "Ambulance", "Motorcycle"}
+    assert {"nAP50", "bAP50"} <= set(result)

@@ -188,17 +188,23 @@ class Detector(nn.Module):
 
 
 def postprocess(boxes, scores, spec: DetectorSpec, scales=None) -> list[dict]:
-    """Per image: keep (location, class) pairs over score_thresh, class-wise NMS, top max_detections.
-    `scales` (one per image) maps letterboxed coordinates back to the original image (divide)."""
+    """Per image and class group (one per head): keep (location, class) pairs over score_thresh, the top
+    PRE_NMS_TOP_K, class-wise NMS, the top max_detections. Caps per group keep a new head's detections from
+    displacing the base classes'. `scales` (one per image) maps letterboxed coordinates back (divide)."""
     results = []
+    starts = [sum(spec.class_groups[:g]) for g in range(len(spec.class_groups) + 1)]
     for i in range(boxes.shape[0]):
-        s = scores[i]
-        loc, cls = (s > spec.score_thresh).nonzero(as_tuple=True)
-        b, sc = boxes[i][loc], s[loc, cls]
-        if sc.numel() > PRE_NMS_TOP_K:
-            top = sc.topk(PRE_NMS_TOP_K).indices
-            b, sc, cls = b[top], sc[top], cls[top]
-        keep = batched_nms(b, sc, cls, spec.nms_iou)[: spec.max_detections]
-        b = b[keep] / (scales[i] if scales is not None else 1.0)
-        results.append({"boxes": b, "scores": sc[keep], "labels": cls[keep]})
+        parts = []
+        for lo, hi in zip(starts[:-1], starts[1:]):
+            s = scores[i, :, lo:hi]
+            loc, cls = (s > spec.score_thresh).nonzero(as_tuple=True)
+            b, sc, cls = boxes[i][loc], s[loc, cls], cls + lo
+            if sc.numel() > PRE_NMS_TOP_K:
+                top = sc.topk(PRE_NMS_TOP_K).indices
+                b, sc, cls = b[top], sc[top], cls[top]
+            keep = batched_nms(b, sc, cls, spec.nms_iou)[: spec.max_detections]
+            parts.append((b[keep], sc[keep], cls[keep]))
+        b, sc, cls = (torch.cat(t) for t in zip(*parts))
+        b = b / (scales[i] if scales is not None else 1.0)
+        results.append({"boxes": b, "scores": sc, "labels": cls})
     return results
