@@ -8,9 +8,8 @@ The pieces `recipes/adapt.py` composes:
   domain is unrelated and a detector learnt from it is a worse start than the ImageNet backbone;
 - `build`: the new detector. `generalized` keeps the base detector frozen and adds a head for the new classes
   beside the base head (the base classes' outputs do not change at all: no forgetting by construction);
-  `novel` keeps only the new classes;
-- `imprint`: new class weights from the mean head feature of the K shots' boxes (weight imprinting), calibrated so
-  that background scores start at the focal-loss prior and the shots' boxes start confident.
+  `novel` keeps only the new classes. New class weights start at the focal-loss prior: weight imprinting (from the
+  shots' mean head feature) was measured and did worse (K=10 vehicles: nAP50 0.094 vs 0.150).
 """
 
 from __future__ import annotations
@@ -21,17 +20,13 @@ import random
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from atom.data.version import DatasetVersion
 from atom.errors import AtomError
 from atom.models.detector import Detector, DetectorSpec
-from atom.models.loss import assign
 
 MODES = ("generalized", "novel")
 TRANSFERS = ("auto", "detector", "features", "imagenet")
-PRIOR_LOGIT = -math.log((1 - 0.01) / 0.01)  # the focal-loss prior the heads start from
-IMPRINTED_LOGIT = 2.0  # what a shot's own box scores after imprinting (sigmoid 0.88)
 
 
 class AdaptationError(AtomError):
@@ -172,53 +167,6 @@ def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = Fals
         new.towers.load_state_dict(source.towers.state_dict())
         new.reg.load_state_dict(source.reg.state_dict())
     return detector
-
-
-@torch.no_grad()
-def imprint(detector: Detector, loader, head: int = -1) -> dict[int, float]:
-    """Weight imprinting for the sigmoid classifier of `head`: per class, the weight points along the mean tower
-    feature of the locations assigned to the class's boxes; scale and bias put the average background location at
-    the focal prior and the average assigned one at IMPRINTED_LOGIT — unless that would let a background location
-    two standard deviations above the mean score over 0.5, in which case the scale is capped there. A class whose
-    boxes stand less than half a standard deviation out of the background keeps its random start. Returns each
-    class's separation (mean gap over background standard deviation)."""
-    h = detector.heads[head]
-    n = h.cls[0].out_channels
-    was_training = detector.training
-    detector.eval()
-    feats, labels = [], []  # per location: tower feature and assigned class (-1 background)
-    for images, targets, _ in loader:
-        towers = [t(f) for t, f in zip(h.towers, detector.features(images))]
-        flat = torch.cat([t.flatten(2).transpose(1, 2) for t in towers], 1)  # B,N,C in _decode's location order
-        _, _, _, points, strides = detector._decode([(c(t), r(t)) for c, r, t in zip(h.cls, h.reg, towers)])
-        for i, target in enumerate(targets):
-            idx, _ = assign(points, strides, target["boxes"])
-            feats.append(flat[i])
-            labels.append(torch.where(idx >= 0, target["labels"][idx.clamp(min=0)], torch.full_like(idx, -1)))
-    feats, labels = torch.cat(feats), torch.cat(labels)
-    background = feats[labels < 0]
-    separation = {}
-    for c in range(n):
-        if not (labels == c).any() or len(background) < 2:
-            separation[c] = 0.0
-            continue
-        w = feats[labels == c].mean(0)
-        w = w / w.norm().clamp(min=1e-6)
-        p_bg = background @ w
-        gap, spread = float((feats[labels == c] @ w).mean() - p_bg.mean()), float(p_bg.std().clamp(min=1e-6))
-        separation[c] = gap / spread
-        if separation[c] < 0.5:
-            continue
-        scale = min((IMPRINTED_LOGIT - PRIOR_LOGIT) / gap, -PRIOR_LOGIT / (2 * spread))
-        for conv in h.cls:  # one classifier for every level: the statistics are pooled over levels
-            conv.weight[c] = (scale * w).view(-1, 1, 1)
-            conv.bias[c] = PRIOR_LOGIT - scale * float(p_bg.mean())
-    detector.train(was_training)
-    return separation
-
-
-def trainable_parameters(detector: Detector) -> list[nn.Parameter]:
-    return [p for p in detector.parameters() if p.requires_grad]
 
 
 def steps_for(n_images: int, per_sqrt_image: float, min_steps: int, max_steps: int) -> int:

@@ -33,7 +33,6 @@ VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the r
     "generalized": [],
     "imagenet": ["mode=novel", "fewshot.transfer=imagenet"],
     "novel": ["mode=novel"],
-    "random-init": ["fewshot.init=random"],
     "light-aug": ["fewshot.policy=light"],
     "features": ["fewshot.transfer=features"],
 }

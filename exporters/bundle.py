@@ -42,7 +42,7 @@ def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: floa
             for meta, a, b in zip(metas, ours, theirs):
                 torch_results += to_coco_results(meta["image_id"], a)
                 export_results += to_coco_results(meta["image_id"], b)
-                m, border, rel, problem = _match(a, b, spec.score_thresh, spec.input_size / meta["scale"])
+                m, border, rel, problem = _match(a, b, spec, spec.input_size / meta["scale"])
                 matched, borderline, worst_rel = matched + m, borderline + border, max(worst_rel, rel)
                 if problem:
                     failures.append(f"image {meta['image_id']}: {problem}")
@@ -61,30 +61,34 @@ def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: floa
             "passed": not failures, "failures": failures[:20]}
 
 
-def _match(a: dict, b: dict, score_thresh: float, image_side: float, border: float = 1e-3):
+def _match(a: dict, b: dict, spec, image_side: float, border: float = 1e-3):
     """Greedy set matching of two detection sets. Returns (matched, borderline, worst box error relative to the
     image side, problem). Relative to the image, not to each coordinate: float differences in the network are
-    absolute, and a coordinate near 0 would make a per-coordinate ratio meaningless."""
+    absolute, and a coordinate near 0 would make a per-coordinate ratio meaningless. A detection on one side only
+    is borderline when its score is at the threshold or at the lowest kept score of its class group (the cap)."""
+    group = torch.repeat_interleave(torch.arange(len(spec.class_groups)), torch.tensor(spec.class_groups))
     unmatched_b = set(range(len(b["scores"])))
     matched, worst, problem = 0, 0.0, None
     iou = box_iou(a["boxes"], b["boxes"]) if len(a["scores"]) and len(b["scores"]) else None
-    leftovers = []
+    leftovers = []  # (score, class group)
     for i in torch.argsort(a["scores"], descending=True).tolist():
         candidates = [j for j in unmatched_b if b["labels"][j] == a["labels"][i]]
         if iou is None or not candidates:
-            leftovers.append(a["scores"][i].item())
+            leftovers.append((a["scores"][i].item(), int(group[a["labels"][i]])))
             continue
         j = max(candidates, key=lambda j: iou[i, j].item())
         err = (a["boxes"][i] - b["boxes"][j]).abs() / image_side
         if iou[i, j] < 0.5:
-            leftovers.append(a["scores"][i].item())
+            leftovers.append((a["scores"][i].item(), int(group[a["labels"][i]])))
             continue
         unmatched_b.discard(j)
         matched += 1
         worst = max(worst, err.max().item())
-    leftovers += [b["scores"][j].item() for j in unmatched_b]
-    lowest = min([*a["scores"].tolist(), *b["scores"].tolist()], default=0.0)
-    not_borderline = [s for s in leftovers if s - score_thresh > border and s - lowest > border]
+    leftovers += [(b["scores"][j].item(), int(group[b["labels"][j]])) for j in unmatched_b]
+    scores = torch.cat([a["scores"], b["scores"]])
+    groups = torch.cat([group[a["labels"]], group[b["labels"]]])
+    lowest = {g: scores[groups == g].min().item() for g in groups.unique().tolist()}
+    not_borderline = [s for s, g in leftovers if s - spec.score_thresh > border and s - lowest[g] > border]
     if not_borderline:
         problem = f"{len(not_borderline)} detections found by only one model (scores {not_borderline[:3]})"
     return matched, len(leftovers) - len(not_borderline), worst, problem

@@ -51,13 +51,13 @@ def adapt(cfg: DictConfig) -> dict:
     shots = fewshot.sample_shots(version, cfg.data.train_split, plan.new_classes, cfg.shots, cfg.seed)
     images = fewshot.shot_images(shots)
     size = base.spec.input_size
-    plain = DataLoader(DetectionDataset(version, cfg.data.train_split, size, None, images, plan.new_classes),
-                       batch_size=fs.batch_size, collate_fn=collate)
-
-    recall = fewshot.base_recall(base, plain) if fs.transfer == "auto" else None
+    recall = None
+    if fs.transfer == "auto":  # the quick validation: does the base detector already box the shots' objects?
+        shot_loader = DataLoader(DetectionDataset(version, cfg.data.train_split, size, None, images,
+                                                  plan.new_classes), batch_size=fs.batch_size, collate_fn=collate)
+        recall = fewshot.base_recall(base, shot_loader)
     transfer = fewshot.choose_transfer(fs.transfer, cfg.mode, recall, fs.recall_threshold)
     detector = fewshot.build(base, plan, transfer, fs.unfreeze_backbone)
-    separation = fewshot.imprint(detector, plain) if fs.init == "imprint" else {}
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
     log.info("adapting %s to %s (%s, %d shot images, base recall %s -> transfer %s, %d steps)", base_ref.uri,
              plan.new_classes, cfg.mode, len(images), "n/a" if recall is None else f"{recall:.2f}", transfer, steps)
@@ -78,8 +78,7 @@ def adapt(cfg: DictConfig) -> dict:
     detector = module.detector.eval()
 
     extra = {"shots": cfg.shots, "seed": cfg.seed, "mode": cfg.mode, "transfer": transfer, "base_recall": recall,
-             "shot_images": len(images), "steps": steps, "train_images_per_s": round(throughput.images_per_s, 2),
-             "imprint_separation": {plan.new_classes[c]: round(v, 4) for c, v in separation.items()}}
+             "shot_images": len(images), "steps": steps, "train_images_per_s": round(throughput.images_per_s, 2)}
     metrics = {}
     if version.has_split(cfg.eval_split):
         metrics = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger, extra)

@@ -124,8 +124,8 @@ class Detector(nn.Module):
     def freeze(self, *names: str):
         """Freeze submodules by name ('backbone', 'neck', 'heads.0', ...): no gradients, and in train mode they stay
         in eval mode, so their BatchNorm statistics do not drift either."""
-        for name in names:
-            self.get_submodule(name).requires_grad_(False)
+        for name in names:  # eval() now too: Lightning restores recorded submodule modes without calling train()
+            self.get_submodule(name).requires_grad_(False).eval()
             if name not in self.frozen:
                 self.frozen.append(name)
 

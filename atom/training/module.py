@@ -27,6 +27,11 @@ class DetectionModule(pl.LightningModule):
         self.val_gt = val_gt
         self._val_results: list[dict] = []
 
+    def on_train_start(self):
+        # Lightning 2.6 leaves module modes as they are; Detector.train applies its policy (frozen parts and, with
+        # freeze_bn, the backbone's BatchNorm stay in eval mode).
+        self.detector.train()
+
     def training_step(self, batch, _):
         images, targets, _ = batch
         if self.hparams.channels_last:
