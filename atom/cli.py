@@ -101,7 +101,7 @@ def _recipe(module: str, function: str, config: str, overrides: list[str]) -> in
 
     from recipes import compose
 
-    if config in ("evaluate", "export"):  # `model` is the detector config group; the registered model has its own key
+    if config not in ("train", "adapt"):  # there `model` is the detector config; elsewhere it names a registered model
         overrides = [f"registered_{o}" if o.startswith("model=") else o for o in overrides]
     from atom.errors import AtomError
 
