@@ -14,7 +14,6 @@ The pieces `recipes/adapt.py` composes:
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from dataclasses import dataclass
@@ -163,9 +162,8 @@ def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = Fals
     elif not unfreeze_backbone:
         detector.freeze("backbone")
     if transfer == "detector":  # towers and box regression from the base head; the classifier stays new
-        source = copy.deepcopy(base.heads[0])
-        new.towers.load_state_dict(source.towers.state_dict())
-        new.reg.load_state_dict(source.reg.state_dict())
+        new.towers.load_state_dict(base.heads[0].towers.state_dict())
+        new.reg.load_state_dict(base.heads[0].reg.state_dict())
     return detector
 
 

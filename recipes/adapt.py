@@ -83,8 +83,8 @@ def adapt(cfg: DictConfig) -> dict:
     if version.has_split(cfg.eval_split):
         metrics = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger, extra)
         metrics.update(group_ap50(metrics, plan))
-    (run_dir / "shots.json").write_text(json.dumps({c: [_file_name(version, cfg.data.train_split, i) for i in ids]
-                                                    for c, ids in shots.items()}, indent=1))
+    files = {im["id"]: im["file_name"] for im in version.coco(cfg.data.train_split)["images"]}
+    (run_dir / "shots.json").write_text(json.dumps({c: [files[i] for i in ids] for c, ids in shots.items()}, indent=1))
     logger.experiment.log_artifact(logger.run_id, str(run_dir / "shots.json"))
 
     tags = {**tracking.lineage_tags(version), "base.model": base_ref.uri, "fewshot.mode": cfg.mode,
@@ -109,10 +109,6 @@ def group_ap50(metrics: dict, plan) -> dict:
     if plan.mode == "generalized":
         out["bAP50"] = sum(ap[c] for c in plan.base_classes) / len(plan.base_classes)
     return out
-
-
-def _file_name(version, split: str, image_id: int) -> str:
-    return next(im["file_name"] for im in version.coco(split)["images"] if im["id"] == image_id)
 
 
 def _export(cfg: DictConfig, ref, detector, version, args: dict) -> str:
