@@ -124,12 +124,16 @@ def base_recall(base: Detector, loader, iou: float = 0.5) -> float:
     return found / max(total, 1)
 
 
-def choose_transfer(transfer: str, mode: str, recall: float | None, threshold: float) -> str:
+def check_transfer(transfer: str, mode: str) -> None:
     if transfer not in TRANSFERS:
         raise AdaptationError(f"transfer {transfer!r}: choose one of {list(TRANSFERS)}")
     if mode == "generalized" and transfer == "imagenet":
         raise AdaptationError("transfer=imagenet drops the base detector, so it cannot keep the base classes: "
                               "use mode=novel")
+
+
+def choose_transfer(transfer: str, mode: str, recall: float | None, threshold: float) -> str:
+    check_transfer(transfer, mode)
     if transfer != "auto":
         return transfer
     if recall is not None and recall >= threshold:

@@ -47,7 +47,7 @@ def adapt(cfg: DictConfig) -> dict:
     base = tracking.load_detector(base_ref)
     version = open_version(Path(cfg.paths.datasets), cfg.data.name, cfg.data.version)
     plan = fewshot.plan(base.spec, cfg.base, version, cfg.mode, cfg.classes, OmegaConf.to_container(cfg.model))
-    fewshot.choose_transfer(fs.transfer, cfg.mode, 1.0, fs.recall_threshold)  # validates the name and mode
+    fewshot.check_transfer(fs.transfer, cfg.mode)
     shots = fewshot.sample_shots(version, cfg.data.train_split, plan.new_classes, cfg.shots, cfg.seed)
     images = fewshot.shot_images(shots)
     size = base.spec.input_size
