@@ -30,11 +30,12 @@ DATASETS = {  # source format, base classes, novel classes, base-training experi
     "bccd": {"format": "voc", "novel": ["Platelets"], "experiment": "bccd_base"},
 }
 VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the rest measure the recipe's choices
-    "generalized": [],
-    "imagenet": ["mode=novel", "fewshot.transfer=imagenet"],
-    "novel": ["mode=novel"],
+    "generalized": [],  # the default recipe: base + novel classes
+    "imagenet": ["mode=novel"],  # reference: the same shots from the ImageNet backbone alone, no base detector
+    "detector": ["fewshot.transfer=detector"],  # the novel head starts from the base detector (TFA-style)
+    "novel-detector": ["mode=novel", "fewshot.transfer=detector"],
+    "unfreeze": ["fewshot.unfreeze_backbone=true"],
     "light-aug": ["fewshot.policy=light"],
-    "features": ["fewshot.transfer=features"],
 }
 EVAL_SPLIT = "val+test"
 
@@ -44,6 +45,8 @@ def main() -> int:
     ap.add_argument("dataset", choices=sorted(DATASETS))
     ap.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 30])
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="add seeds to earlier runs of the same commit")
+    ap.add_argument("--report", action="store_true", help="only print the table of this commit's logged runs")
     ap.add_argument("--variants", nargs="+", default=["generalized", "imagenet"], choices=sorted(VARIANTS))
     ap.add_argument("--base", help="a registered base model to reuse (default: train it)")
     ap.add_argument("--full", help="a registered full-data model to reuse (default: train it; 'skip': none)")
@@ -94,42 +97,44 @@ def main() -> int:
           f"bAP50 {full_bap:.3f}  {json.dumps(refs)}")
 
     log = out / f"{args.dataset}-runs.jsonl"
-    rows = []
-    for variant in args.variants:
+    commit = tracking.git_commit()
+    for variant in [] if args.report else args.variants:
         for k in args.shots:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cfg = compose("adapt", [f"base={base_ref}", f"data={args.dataset}", f"shots={k}", f"seed={seed}",
                                         f"eval_split={EVAL_SPLIT}", *common, f"run_name=fewshot-{variant}-k{k}-s{seed}",
                                         f"tracking.model_name=atom-{args.dataset}-fewshot-{variant}",
                                         f"classes=[{','.join(setup['novel'])}]", *VARIANTS[variant], *args.overrides])
                 t = time.perf_counter()
                 result = adapt(cfg)
-                row = {"dataset": args.dataset, "variant": variant, "shots": k, "seed": seed,
+                row = {"dataset": args.dataset, "variant": variant, "shots": k, "seed": seed, "commit": commit,
                        "wall_s": round(time.perf_counter() - t, 1), "nAP50": round(result["nAP50"], 4),
                        "bAP50": round(result["bAP50"], 4) if "bAP50" in result else None,
-                       "transfer": result["transfer"], "base_recall": result["base_recall"],
-                       "steps": result["steps"], "shot_images": result["shot_images"]}
-                rows.append(row)
+                       "transfer": result["transfer"], "steps": result["steps"],
+                       "shot_images": result["shot_images"], "overrides": args.overrides}
                 with log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
 
-    print(f"\n{args.dataset}: {EVAL_SPLIT} ({len(version.coco(EVAL_SPLIT)['images'])} images), novel {setup['novel']}, "
+    logged = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows = [r for r in logged if r.get("commit") == commit and r.get("overrides", []) == args.overrides]
+    n_eval = len(version.coco(EVAL_SPLIT)["images"])
+    print(f"\n{args.dataset}, runs of commit {commit[:10]}: {EVAL_SPLIT} ({n_eval} images), novel {setup['novel']}, "
           f"base {base_classes}")
     print(f"full-data nAP50 {full_nap:.3f} (80% = {0.8 * full_nap:.3f}), base bAP50 before {base_bap:.3f}")
-    print(f"{'variant':<12} {'K':>3} {'seeds':>5} {'nAP50':>14} {'% of full':>9} {'bAP50':>14} {'ΔbAP50':>7} "
-          f"{'wall s':>7}  transfer")
+    print(f"{'variant':<14} {'K':>3} {'seeds':>5} {'nAP50':>14} {'% of full':>9} {'bAP50':>14} {'ΔbAP50':>7} "
+          f"{'wall s':>7}")
+    fmt = lambda v: f"{statistics.fmean(v):.3f} ± {statistics.pstdev(v):.3f}" if v else "-"  # noqa: E731
     for variant in args.variants:
         for k in args.shots:
             group = [r for r in rows if r["variant"] == variant and r["shots"] == k]
+            if not group:
+                continue
             nap = [r["nAP50"] for r in group]
             bap = [r["bAP50"] for r in group if r["bAP50"] is not None]
-            fmt = lambda v: f"{statistics.fmean(v):.3f} ± {statistics.pstdev(v):.3f}" if v else "-"  # noqa: E731
             delta = f"{statistics.fmean(bap) - base_bap:+.3f}" if bap else "-"
-            transfers = sorted({r["transfer"] for r in group})
-            print(f"{variant:<12} {k:>3} {len(group):>5} {fmt(nap):>14} {statistics.fmean(nap) / full_nap:>8.0%} "
-                  f"{fmt(bap):>14} {delta:>7} {statistics.fmean(r['wall_s'] for r in group):>7.1f}  "
-                  f"{','.join(transfers)}")
+            print(f"{variant:<14} {k:>3} {len(group):>5} {fmt(nap):>14} {statistics.fmean(nap) / full_nap:>8.0%} "
+                  f"{fmt(bap):>14} {delta:>7} {statistics.fmean(r['wall_s'] for r in group):>7.1f}")
     return 0
 
 

@@ -47,25 +47,18 @@ def adapt(cfg: DictConfig) -> dict:
     base = tracking.load_detector(base_ref)
     version = open_version(Path(cfg.paths.datasets), cfg.data.name, cfg.data.version)
     plan = fewshot.plan(base.spec, cfg.base, version, cfg.mode, cfg.classes, OmegaConf.to_container(cfg.model))
-    fewshot.check_transfer(fs.transfer, cfg.mode)
     shots = fewshot.sample_shots(version, cfg.data.train_split, plan.new_classes, cfg.shots, cfg.seed)
     images = fewshot.shot_images(shots)
-    size = base.spec.input_size
-    recall = None
-    if fs.transfer == "auto":  # the quick validation: does the base detector already box the shots' objects?
-        shot_loader = DataLoader(DetectionDataset(version, cfg.data.train_split, size, None, images,
-                                                  plan.new_classes), batch_size=fs.batch_size, collate_fn=collate)
-        recall = fewshot.base_recall(base, shot_loader)
-    transfer = fewshot.choose_transfer(fs.transfer, cfg.mode, recall, fs.recall_threshold)
-    detector = fewshot.build(base, plan, transfer, fs.unfreeze_backbone)
+    detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone)
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
-    log.info("adapting %s to %s (%s, %d shot images, base recall %s -> transfer %s, %d steps)", base_ref.uri,
-             plan.new_classes, cfg.mode, len(images), "n/a" if recall is None else f"{recall:.2f}", transfer, steps)
+    log.info("adapting %s to %s (%s, transfer %s, %d shot images, %d steps)", base_ref.uri, plan.new_classes,
+             cfg.mode, fs.transfer, len(images), steps)
 
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     logger, _ = mlflow_logger(cfg, version, run_dir)
-    train_set = DetectionDataset(version, cfg.data.train_split, size, fs.policy, images, plan.new_classes)
+    train_set = DetectionDataset(version, cfg.data.train_split, base.spec.input_size, fs.policy, images,
+                                 plan.new_classes)
     loader = DataLoader(train_set, batch_size=fs.batch_size, collate_fn=collate, drop_last=True,
                         num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0,
                         sampler=RandomSampler(train_set, replacement=True, num_samples=steps * fs.batch_size))
@@ -77,7 +70,7 @@ def adapt(cfg: DictConfig) -> dict:
     trainer.fit(module, train_dataloaders=loader)
     detector = module.detector.eval()
 
-    extra = {"shots": cfg.shots, "seed": cfg.seed, "mode": cfg.mode, "transfer": transfer, "base_recall": recall,
+    extra = {"shots": cfg.shots, "seed": cfg.seed, "mode": cfg.mode, "transfer": fs.transfer,
              "shot_images": len(images), "steps": steps, "train_images_per_s": round(throughput.images_per_s, 2)}
     metrics = {}
     if version.has_split(cfg.eval_split):
@@ -88,7 +81,7 @@ def adapt(cfg: DictConfig) -> dict:
     logger.experiment.log_artifact(logger.run_id, str(run_dir / "shots.json"))
 
     tags = {**tracking.lineage_tags(version), "base.model": base_ref.uri, "fewshot.mode": cfg.mode,
-            "fewshot.shots": str(cfg.shots), "fewshot.seed": str(cfg.seed), "fewshot.transfer": transfer,
+            "fewshot.shots": str(cfg.shots), "fewshot.seed": str(cfg.seed), "fewshot.transfer": fs.transfer,
             "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")),
             "fewshot.split": cfg.data.train_split}
     if metrics:

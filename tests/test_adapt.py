@@ -55,6 +55,13 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
     base = tracking.load_detector(tracking.resolve_model(base_model))
     adapted = tracking.load_detector(ref)
     assert adapted.spec.classes == ["car", "bus", "pedestrian"] and adapted.spec.class_groups == [2, 1]
+    # transfer=imagenet (default): the new head reads a backbone of its own, still the ImageNet one (frozen)
+    from atom.models.backbones import create_backbone
+
+    assert adapted.spec.own_features == (1,)
+    imagenet = create_backbone(base.spec.backbone, pretrained=True).state_dict()
+    own = adapted.own_features["1"].backbone.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in imagenet.items() if not k.endswith("num_batches_tracked"))
     images = torch.rand(2, 3, 128, 128) * 255
     with torch.no_grad():
         base_boxes, base_scores = base(images)
@@ -92,8 +99,8 @@ def test_novel_adaptation(project, base_model):
     ({"classes": "[giraffe]"}, "not in the dataset's classes"),
     ({"model.input_size": 320}, "input_size"),
     ({"mode": "sideways"}, "mode 'sideways'"),
-    ({"fewshot.transfer": "imagenet"}, "use mode=novel"),
-    ({"fewshot.unfreeze_backbone": "true"}, "use mode=novel"),
+    ({"fewshot.transfer": "features"}, "transfer 'features'"),
+    ({"fewshot.transfer": "detector", "fewshot.unfreeze_backbone": "true"}, "use transfer=imagenet or mode=novel"),
 ])
 def test_bad_requests_fail_before_training(project, base_model, extra, message):
     from atom.fewshot import AdaptationError

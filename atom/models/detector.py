@@ -32,6 +32,9 @@ class DetectorSpec:
     head_channels: int = 96
     head_convs: int = 2
     class_groups: list[int] = field(default_factory=list)  # classes per head, in order; empty: one head for all
+    # Heads that read a backbone + FPN of their own instead of the shared one: a head for new classes trained from
+    # ImageNet beside a frozen base (few-shot). A tuple, so detectors pickled before it existed read () here.
+    own_features: tuple[int, ...] = ()
     freeze_stages: int = 2  # backbone stages (after the stem) kept frozen; -1 freezes nothing
     freeze_bn: bool = True  # keep backbone BatchNorm in eval mode (small batches on CPU)
     score_thresh: float = 0.05
@@ -49,6 +52,9 @@ class DetectorSpec:
         self.class_groups = list(self.class_groups) or [len(self.classes)]
         if sum(self.class_groups) != len(self.classes) or min(self.class_groups) < 1:
             raise ValueError(f"class_groups {self.class_groups} must split the {len(self.classes)} classes")
+        self.own_features = tuple(self.own_features)
+        if any(not 0 <= g < len(self.class_groups) for g in self.own_features):
+            raise ValueError(f"own_features {self.own_features}: no such head ({len(self.class_groups)} heads)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,9 +107,22 @@ class Head(nn.Module):
         return [(cls(t), reg(t)) for cls, reg, t in zip(self.cls, self.reg, towers)]
 
 
+class FeaturePyramid(nn.Module):
+    """A backbone + FPN of a head's own (`DetectorSpec.own_features`)."""
+
+    def __init__(self, spec: DetectorSpec):
+        super().__init__()
+        self.backbone = create_backbone(spec.backbone, out_indices=(2, 3, 4), pretrained=spec.pretrained)
+        self.neck = LightFPN(self.backbone.feature_info.channels(), spec.fpn_channels)
+
+    def forward(self, x):
+        return self.neck(self.backbone(x))
+
+
 class Detector(nn.Module):
     """One head per class group: a trained detector has one; generalized few-shot adaptation adds a head for the
-    new classes beside the frozen base head, so the base classes' outputs stay bit-identical."""
+    new classes beside the frozen base head (reading the shared features or its own), so the base classes' outputs
+    stay bit-identical."""
 
     def __init__(self, spec: DetectorSpec):
         super().__init__()
@@ -112,13 +131,24 @@ class Detector(nn.Module):
         self.neck = LightFPN(self.backbone.feature_info.channels(), spec.fpn_channels)
         self.heads = nn.ModuleList(Head(spec.fpn_channels, spec.head_channels, spec.head_convs, n, len(STRIDES))
                                    for n in spec.class_groups)
+        self.own_features = nn.ModuleDict({str(g): FeaturePyramid(spec) for g in spec.own_features})
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255, persistent=False)
         self.frozen: list[str] = []
         if spec.freeze_stages >= 0:
-            stem = [n for n, _ in self.backbone.named_children() if n in ("conv_stem", "bn1")]
-            self.freeze(*[f"backbone.{n}" for n in stem],
-                        *[f"backbone.blocks.{i}" for i in range(spec.freeze_stages)])
+            for prefix, backbone in self.backbones():
+                stem = [n for n, _ in backbone.named_children() if n in ("conv_stem", "bn1")]
+                self.freeze(*[f"{prefix}.{n}" for n in stem],
+                            *[f"{prefix}.blocks.{i}" for i in range(spec.freeze_stages)])
+
+    def __setstate__(self, state):  # detectors pickled before heads could have features of their own
+        super().__setstate__(state)
+        self._modules.setdefault("own_features", nn.ModuleDict())
+
+    def backbones(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of the shared backbone and of every head's own."""
+        return [("backbone", self.backbone)] + [(f"own_features.{g}.backbone", f.backbone)
+                                                 for g, f in self.own_features.items()]
 
     # -- training-time helpers
     def freeze(self, *names: str):
@@ -135,24 +165,31 @@ class Detector(nn.Module):
             for name in self.frozen:
                 self.get_submodule(name).eval()
             if self.spec.freeze_bn:
-                for m in self.backbone.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval()
+                for _, backbone in self.backbones():
+                    for m in backbone.modules():
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                            m.eval()
         return self
 
     # -- network
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images: B x 3 x H x W float RGB 0..255 -> FPN levels."""
-        return self.neck(self.backbone((images - self.mean) / self.std))
+    def _head_levels(self, x: torch.Tensor, g: int, shared: list):
+        """Head g's raw outputs per level on normalised images x; `shared` caches the shared FPN levels."""
+        if str(g) in self.own_features:
+            return self.heads[g](self.own_features[str(g)](x))
+        if not shared:
+            shared.append(self.neck(self.backbone(x)))
+        return self.heads[g](shared[0])
 
     def forward_raw(self, images: torch.Tensor, head: int | None = None):
-        """Per-location cls logits (B,N,C), ltrb distances in pixels (B,N,4), centerness logits (B,N), and the
-        locations (N,2) with their strides (N,). With several heads the locations of each head follow one another
-        and a head's locations score only its own classes; `head` selects one head (C = its classes only)."""
-        feats = self.features(images)
+        """images: B x 3 x H x W float RGB 0..255. Per-location cls logits (B,N,C), ltrb distances in pixels (B,N,4),
+        centerness logits (B,N), and the locations (N,2) with their strides (N,). With several heads the locations
+        of each head follow one another and a head's locations score only its own classes; `head` selects one head
+        (C = its classes only; only the features it reads are computed)."""
+        x, shared = (images - self.mean) / self.std, []
         if head is not None or len(self.heads) == 1:
-            return self._decode(self.heads[head or 0](feats))
-        outs, groups = [self._decode(h(feats)) for h in self.heads], self.spec.class_groups
+            return self._decode(self._head_levels(x, head or 0, shared))
+        outs = [self._decode(self._head_levels(x, g, shared)) for g in range(len(self.heads))]
+        groups = self.spec.class_groups
         cls = [F.pad(o[0], (sum(groups[:g]), sum(groups[g + 1:])), value=NO_CLASS_LOGIT) for g, o in enumerate(outs)]
         return (torch.cat(cls, 1), torch.cat([o[1] for o in outs], 1), torch.cat([o[2] for o in outs], 1),
                 torch.cat([o[3] for o in outs]), torch.cat([o[4] for o in outs]))

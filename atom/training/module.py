@@ -56,8 +56,10 @@ class DetectionModule(pl.LightningModule):
         self.log("val/mAP50_95", metrics["mAP50_95"], prog_bar=True)
 
     def configure_optimizers(self):
-        backbone = [p for p in self.detector.backbone.parameters() if p.requires_grad]
-        rest = [p for n, p in self.detector.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        prefixes = tuple(f"{name}." for name, _ in self.detector.backbones())
+        trainable = [(n, p) for n, p in self.detector.named_parameters() if p.requires_grad]
+        backbone = [p for n, p in trainable if n.startswith(prefixes)]
+        rest = [p for n, p in trainable if not n.startswith(prefixes)]
         lr = self.hparams.lr
         groups = [{"params": backbone, "lr": lr * self.hparams.backbone_lr_scale}, {"params": rest, "lr": lr}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr,
