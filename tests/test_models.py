@@ -72,6 +72,34 @@ def test_frozen_batchnorm_stays_in_eval_mode():
     assert not any(p.requires_grad for p in detector.backbone.conv_stem.parameters())
 
 
+def test_a_head_with_features_of_its_own():
+    """The second head reads its own backbone + FPN: the first head's outputs do not depend on it."""
+    spec = DetectorSpec(classes=["a", "b", "c"], class_groups=[2, 1], own_features=[1], pretrained=False)
+    detector = Detector(spec).eval()
+    images = torch.rand(1, 3, 128, 128) * 255
+    with torch.no_grad():
+        before = detector(images)
+        for p in detector.own_features["1"].parameters():
+            p.add_(1.0)
+        after = detector(images)
+    n = before[0].shape[1] // 2
+    assert torch.equal(before[1][:, :n, :2], after[1][:, :n, :2])  # the shared head: unchanged
+    assert not torch.equal(before[1][:, n:, 2], after[1][:, n:, 2])  # the head with its own features: changed
+    assert not any(m.training for m in detector.train().own_features["1"].backbone.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d))  # freeze_bn covers its backbone too
+
+
+def test_detectors_pickled_before_own_features_still_load():
+    import pickle
+
+    detector = Detector(DetectorSpec(classes=["a"], pretrained=False)).eval()
+    del detector._modules["own_features"], detector.spec.__dict__["own_features"]  # as pickled by older code
+    loaded = pickle.loads(pickle.dumps(detector))
+    assert loaded.spec.own_features == () and len(loaded.own_features) == 0
+    boxes, scores = loaded(torch.zeros(1, 3, 64, 64))
+    assert scores.shape[-1] == 1
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_policies_keep_boxes_inside_the_letterbox(name):
     rng = np.random.default_rng(0)
