@@ -36,6 +36,7 @@ VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the r
     "novel-detector": ["mode=novel", "fewshot.transfer=detector"],
     "unfreeze": ["fewshot.unfreeze_backbone=true"],
     "light-aug": ["fewshot.policy=light"],
+    "mosaic": ["fewshot.mosaic=0.5"],
 }
 EVAL_SPLIT = "val+test"
 

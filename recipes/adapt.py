@@ -28,7 +28,7 @@ def adapt(cfg: DictConfig) -> dict:
     from torch.utils.data import DataLoader, RandomSampler
 
     from atom import fewshot, tracking
-    from atom.data.loader import DetectionDataset, collate
+    from atom.data.loader import DetectionDataset, Mosaic, collate
     from atom.data.version import open_version
     from atom.training.callbacks import TrainThroughput
     from atom.training.module import DetectionModule
@@ -59,6 +59,8 @@ def adapt(cfg: DictConfig) -> dict:
     logger, _ = mlflow_logger(cfg, version, run_dir)
     train_set = DetectionDataset(version, cfg.data.train_split, base.spec.input_size, fs.policy, images,
                                  plan.new_classes)
+    if fs.mosaic > 0:
+        train_set = Mosaic(train_set, fs.mosaic)
     loader = DataLoader(train_set, batch_size=fs.batch_size, collate_fn=collate, drop_last=True,
                         num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0,
                         sampler=RandomSampler(train_set, replacement=True, num_samples=steps * fs.batch_size))

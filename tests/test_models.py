@@ -127,3 +127,25 @@ def test_queue_ranking_prefers_uncertain_and_spreads_near_duplicates():
     u = np.array([0.9, 0.9, 0.5])
     assert rank_for_labeling(u, e, diversity_weight=1.0)[:2] == [0, 2]
     assert rank_for_labeling(u, e, diversity_weight=0.0)[:2] == [0, 1]
+
+
+def test_mosaic_tiles_four_items_at_half_size(project):
+    import random
+
+    from atom.data.loader import DetectionDataset, Mosaic
+    from atom.data.version import open_version
+
+    dataset = DetectionDataset(open_version(project["datasets"], "sample"), "train", 128)  # letterbox only
+    random.seed(0)
+    image, target, _ = Mosaic(dataset, p=1.0)[0]
+    first, first_target, _ = dataset[0]
+    assert image.shape == first.shape
+    # item 0 fills the top-left quadrant, its boxes halved; every box lies inside one quadrant of the canvas
+    assert torch.allclose(image[:, :64, :64], torch.nn.functional.interpolate(first[None], scale_factor=0.5,
+                                                                              mode="bilinear")[0])
+    n = len(first_target["boxes"])
+    assert n and torch.allclose(target["boxes"][:n], first_target["boxes"] * 0.5)
+    assert torch.equal(target["labels"][:n], first_target["labels"])
+    quadrant = (target["boxes"][:, :2] // 64).long()
+    assert torch.equal(quadrant, ((target["boxes"][:, 2:] - 1e-3) // 64).long())
+    assert len(target["boxes"]) == len(target["labels"]) > n

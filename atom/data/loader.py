@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from atom.data.augment import build_policy
@@ -44,6 +47,38 @@ class DetectionDataset(Dataset):
         target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                   "labels": torch.as_tensor(labels, dtype=torch.long).reshape(-1)}
         return torch.from_numpy(image).permute(2, 0, 1).float(), target, {"image_id": info["id"], "scale": scale}
+
+
+class Mosaic(Dataset):
+    """With probability `p` an item is four augmented items of `dataset` at half size in a 2x2 grid (YOLO-style
+    mosaic): more objects, scales and context per step when there are only a few images (few-shot)."""
+
+    MIN_SIDE = 2.0  # boxes smaller than this after halving are dropped (no location can learn them)
+
+    def __init__(self, dataset: DetectionDataset, p: float):
+        self.dataset, self.p = dataset, p
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if random.random() >= self.p:
+            return self.dataset[i]
+        canvas = None
+        boxes, labels = [], []
+        for q, j in enumerate([i, *random.choices(range(len(self.dataset)), k=3)]):
+            image, target, _ = self.dataset[j]
+            half = F.interpolate(image[None], scale_factor=0.5, mode="bilinear", align_corners=False)[0]
+            if canvas is None:
+                canvas = torch.zeros_like(image)
+            h, w = half.shape[-2:]
+            oy, ox = (q // 2) * h, (q % 2) * w
+            canvas[:, oy:oy + h, ox:ox + w] = half
+            b = target["boxes"] * 0.5 + torch.tensor([ox, oy, ox, oy], dtype=torch.float32)
+            keep = ((b[:, 2] - b[:, 0]) >= self.MIN_SIDE) & ((b[:, 3] - b[:, 1]) >= self.MIN_SIDE)
+            boxes.append(b[keep])
+            labels.append(target["labels"][keep])
+        return canvas, {"boxes": torch.cat(boxes), "labels": torch.cat(labels)}, {"image_id": -1, "scale": 1.0}
 
 
 def collate(batch):
