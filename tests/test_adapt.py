@@ -46,6 +46,7 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
                            / "onnx" / "manifest.json").read_text())  # the two-head graph exported and verified
     assert manifest["model"]["classes"] == ["car", "bus", "pedestrian"]
     assert manifest["postprocess"]["class_groups"]["sizes"] == [2, 1]
+    assert "1 head(s) with a backbone + FPN of their own" in manifest["model"]["architecture"]
     assert 0.0 <= result["nAP50"] <= 1.0 and 0.0 <= result["bAP50"] <= 1.0
     ref = tracking.resolve_model(f"{result['model_name']}/{result['model_version']}")
     assert ref.tags["base.model"] == f"models:/{base_model}"
