@@ -7,10 +7,11 @@ The pieces `recipes/adapt.py` composes:
   beside the base head (the base classes' outputs do not change at all: no forgetting by construction);
   `novel` keeps only the new classes.
 What the new classes start from is not assumed to be the base detector: by default (`transfer=imagenet`) their
-head reads ImageNet features through a backbone + FPN of its own, because the base detector's features were trained to call
-exactly these objects background — on the K-shot benchmark (benchmarks/fewshot.py) starting from the base head did
-worse on both scenes although the base detector boxed 90-100 % of the vehicles shots' objects. New class weights
-start at the focal-loss prior: weight imprinting (from the shots' mean head feature) was measured and did worse.
+head reads ImageNet features through a backbone + FPN of its own, because the base detector's features were
+trained to call exactly these objects background — on the K-shot benchmark (benchmarks/fewshot.py) starting from
+the base head did worse on both scenes although the base detector boxed 90-100 % of the vehicles shots' objects.
+New class weights start at the focal-loss prior: weight imprinting (from the shots' mean head feature) was measured
+and did worse.
 """
 
 from __future__ import annotations
