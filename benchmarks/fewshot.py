@@ -4,11 +4,14 @@ For each K and seed: K images per novel class are drawn from the train split, th
 train split with the novel classes' boxes removed) is adapted, and the result is scored on val+test. Printed per
 variant and K: mean ± std over seeds of nAP50 (novel classes) and bAP50 (base classes), and the wall time of one
 adaptation. References: the base detector before adaptation, and the same detector trained on the full train
-split with every class (full data). Every run is appended to <output>/<dataset>-runs.jsonl as it finishes.
+split with every class (full data). Every run is appended to <output>/<dataset>-runs.jsonl as it finishes, with
+the git commit; the table covers the logged runs of the current commit.
 
     .venv/bin/python benchmarks/fewshot.py vehicles                       # K 1 5 10 30, 5 seeds, main variants
-    .venv/bin/python benchmarks/fewshot.py bccd --shots 10 --seeds 3 --variants generalized imagenet
+    .venv/bin/python benchmarks/fewshot.py bccd --shots 10 --seeds 3 --variants generalized unfreeze mosaic
     .venv/bin/python benchmarks/fewshot.py vehicles --base atom-vehicles-base@candidate --full atom-vehicles-full/1
+    .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --shots 10 --first-seed 5 --seeds 2
+    .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --report
 """
 
 from __future__ import annotations
