@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
@@ -62,36 +63,36 @@ def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: floa
 
 
 def _match(a: dict, b: dict, spec, image_side: float, border: float = 1e-3):
-    """Greedy set matching of two detection sets. Returns (matched, borderline, worst box error relative to the
-    image side, problem). Relative to the image, not to each coordinate: float differences in the network are
-    absolute, and a coordinate near 0 would make a per-coordinate ratio meaningless. A detection on one side only
-    is borderline when its score is at the threshold or at the lowest kept score of its class group (the cap)."""
+    """Greedy set matching of two detection sets: each detection of `a`, best score first, takes the unmatched
+    detection of `b` with the same label and the highest IoU (>= 0.5). Returns (matched, borderline, worst box error
+    relative to the image side, problem). Relative to the image, not to each coordinate: float differences in the
+    network are absolute, and a coordinate near 0 would make a per-coordinate ratio meaningless. A detection on one
+    side only is borderline when its score is at the threshold or at the lowest kept score of its class group (the
+    cap)."""
     group = torch.repeat_interleave(torch.arange(len(spec.class_groups)), torch.tensor(spec.class_groups))
-    unmatched_b = set(range(len(b["scores"])))
-    matched, worst, problem = 0, 0.0, None
-    iou = box_iou(a["boxes"], b["boxes"]) if len(a["scores"]) and len(b["scores"]) else None
-    leftovers = []  # (score, class group)
+    iou = box_iou(a["boxes"], b["boxes"]).numpy()
+    iou[(a["labels"][:, None] != b["labels"][None, :]).numpy()] = -1.0  # only the same class can match
+    taken = np.zeros(len(b["scores"]), dtype=bool)
+    matched_a, matched_b, leftovers = [], [], []  # leftovers: (score, class group) of detections found by one side only
     for i in torch.argsort(a["scores"], descending=True).tolist():
-        candidates = [j for j in unmatched_b if b["labels"][j] == a["labels"][i]]
-        if iou is None or not candidates:
+        row = np.where(taken, -1.0, iou[i])
+        j = int(row.argmax()) if len(row) else -1
+        if j < 0 or row[j] < 0.5:
             leftovers.append((a["scores"][i].item(), int(group[a["labels"][i]])))
             continue
-        j = max(candidates, key=lambda j: iou[i, j].item())
-        err = (a["boxes"][i] - b["boxes"][j]).abs() / image_side
-        if iou[i, j] < 0.5:
-            leftovers.append((a["scores"][i].item(), int(group[a["labels"][i]])))
-            continue
-        unmatched_b.discard(j)
-        matched += 1
-        worst = max(worst, err.max().item())
-    leftovers += [(b["scores"][j].item(), int(group[b["labels"][j]])) for j in unmatched_b]
+        taken[j] = True
+        matched_a.append(i)
+        matched_b.append(j)
+    leftovers += [(b["scores"][j].item(), int(group[b["labels"][j]])) for j in np.flatnonzero(~taken)]
     scores = torch.cat([a["scores"], b["scores"]])
     groups = torch.cat([group[a["labels"]], group[b["labels"]]])
     lowest = {g: scores[groups == g].min().item() for g in groups.unique().tolist()}
     not_borderline = [s for s, g in leftovers if s - spec.score_thresh > border and s - lowest[g] > border]
+    problem = None
     if not_borderline:
         problem = f"{len(not_borderline)} detections found by only one model (scores {not_borderline[:3]})"
-    return matched, len(leftovers) - len(not_borderline), worst, problem
+    worst = (a["boxes"][matched_a] - b["boxes"][matched_b]).abs().max().item() / image_side if matched_a else 0.0
+    return len(matched_a), len(leftovers) - len(not_borderline), worst, problem
 
 
 def latency_ms(fn, sample: torch.Tensor, runs: int = 20, warmup: int = 3) -> float:
