@@ -64,7 +64,7 @@ def adapt(cfg: DictConfig) -> dict:
     loader = DataLoader(train_set, batch_size=fs.batch_size, collate_fn=collate, drop_last=True,
                         num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0,
                         sampler=RandomSampler(train_set, replacement=True, num_samples=steps * fs.batch_size))
-    module = DetectionModule(detector=detector, head=len(detector.heads) - 1, channels_last=False, **fs.optim)
+    module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim)
     throughput = TrainThroughput()
     trainer = pl.Trainer(logger=logger, callbacks=[throughput], max_steps=steps, max_epochs=1,
                          limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,

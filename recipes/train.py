@@ -36,7 +36,6 @@ def train(cfg: DictConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     version = open_version(Path(cfg.paths.datasets), cfg.data.name, cfg.data.version)
     model_cfg = OmegaConf.to_container(cfg.model)
-    channels_last = model_cfg.pop("channels_last", False)
     spec = {**model_cfg, "classes": select_classes(version, cfg.data.get("classes"))}
     for split in (cfg.data.train_split, cfg.data.val_split):
         if not version.has_split(split):
@@ -51,7 +50,7 @@ def train(cfg: DictConfig) -> dict:
     resume_ckpt = run_dir / "checkpoints" / "last.ckpt"
 
     val_gt = version.coco(cfg.data.val_split, spec["classes"])
-    module = DetectionModule(spec, channels_last=channels_last, val_gt=val_gt, **cfg.optim)
+    module = DetectionModule(spec, val_gt=val_gt, **cfg.optim)
     datamodule = DetectionDataModule(version, spec["input_size"], cfg.data.batch_size, cfg.data.num_workers,
                                      cfg.data.policy, cfg.data.train_split, cfg.data.val_split,
                                      classes=spec["classes"])

@@ -17,13 +17,11 @@ class DetectionModule(pl.LightningModule):
     frozen; `head` limits the loss to one head, whose targets are then numbered within its own classes."""
 
     def __init__(self, spec: dict | None = None, lr: float = 2e-3, weight_decay: float = 0.05,
-                 warmup_steps: int = 50, backbone_lr_scale: float = 0.5, channels_last: bool = True,
+                 warmup_steps: int = 50, backbone_lr_scale: float = 0.5,
                  val_gt: dict | None = None, detector: Detector | None = None, head: int | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["val_gt", "detector"])
         self.detector = detector if detector is not None else Detector(DetectorSpec(**spec))
-        if channels_last:
-            self.detector.to(memory_format=torch.channels_last)
         self.val_gt = val_gt
         self._val_results: list[dict] = []
 
@@ -34,8 +32,6 @@ class DetectionModule(pl.LightningModule):
 
     def training_step(self, batch, _):
         images, targets, _ = batch
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         losses = fcos_loss(self.detector.forward_raw(images, self.hparams.head), targets)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(images))
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(images))
