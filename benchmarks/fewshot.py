@@ -12,6 +12,7 @@ the git commit; the table covers the logged runs of the current commit.
     .venv/bin/python benchmarks/fewshot.py vehicles --base atom-vehicles-base@candidate --full atom-vehicles-full/1
     .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --shots 10 --first-seed 5 --seeds 2
     .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --report
+    .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --override fewshot.steps_per_sqrt_image=40
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def main() -> int:
     ap.add_argument("--base", help="a registered base model to reuse (default: train it)")
     ap.add_argument("--full", help="a registered full-data model to reuse (default: train it; 'skip': none)")
     ap.add_argument("--output", default=str(PROJECT_ROOT / "outputs" / "fewshot"))
-    ap.add_argument("overrides", nargs="*", help="extra adapt overrides for every run")
+    ap.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra adapt override for every run (repeatable); the table covers runs with the same")
     args = ap.parse_args()
     source = SHARED / args.dataset
     if not source.exists():
@@ -87,11 +89,17 @@ def main() -> int:
 
     base_ref = reference(args.base, f"atom-{args.dataset}-base", [])
     full_ref = None if args.full == "skip" else reference(args.full, f"atom-{args.dataset}-full", ["data.classes=null"])
-    refs = {}
+    refs, cache = {}, out / f"{args.dataset}-references.json"  # a model's AP50 per class, evaluated once
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
     for label, ref in [("base", base_ref)] + ([("full", full_ref)] if full_ref else []):
-        detector = tracking.load_detector(tracking.resolve_model(ref))
-        metrics = evaluate(detector, detector.spec, version, EVAL_SPLIT)[0]
-        refs[label] = {"model": ref, "AP50": {c: round(v["AP50"], 4) for c, v in metrics["per_class"].items()}}
+        model = tracking.resolve_model(ref)
+        key = f"{model.uri} on {EVAL_SPLIT} of {version.fingerprint}"
+        if key not in cached:
+            detector = tracking.load_detector(model)
+            metrics = evaluate(detector, detector.spec, version, EVAL_SPLIT)[0]
+            cached[key] = {c: round(v["AP50"], 4) for c, v in metrics["per_class"].items()}
+            cache.write_text(json.dumps(cached, indent=1))
+        refs[label] = {"model": ref, "AP50": cached[key]}
     base_classes = [c for c in version.classes if c not in setup["novel"]]
     mean_ap = lambda ap, classes: statistics.fmean(ap[c] for c in classes)  # noqa: E731
     full_nap = mean_ap(refs["full"]["AP50"], setup["novel"]) if full_ref else float("nan")
