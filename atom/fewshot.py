@@ -33,6 +33,8 @@ MODES = ("generalized", "novel")
 # towers and box regression (one backbone, half the inference cost, but features trained to call the new objects
 # background: measured worse on both benchmark scenes).
 TRANSFERS = ("imagenet", "detector")
+# How the new head scores its classes: linear (a 1x1 conv, as the base head) or cosine (TFA's scaled cosine).
+CLASSIFIERS = ("linear", "cosine")
 
 
 class AdaptationError(AtomError):
@@ -121,22 +123,27 @@ def check_transfer(transfer: str) -> None:
         raise AdaptationError(f"transfer {transfer!r}: choose one of {list(TRANSFERS)}")
 
 
-def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = False) -> Detector:
+def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = False,
+          classifier: str = "linear") -> Detector:
     """The detector to train, with everything it must not change frozen. Trainable: the new head and the FPN it
     reads (generalized with `imagenet`: its own; novel: the detector's), plus the later stages of that backbone
     with `unfreeze_backbone` (partial unfreezing). In generalized mode every base part stays frozen."""
     check_transfer(transfer)
+    if classifier not in CLASSIFIERS:
+        raise AdaptationError(f"classifier {classifier!r}: choose one of {list(CLASSIFIERS)}")
     generalized = p.mode == "generalized"
     if unfreeze_backbone and generalized and transfer == "detector":
         raise AdaptationError("unfreeze_backbone with transfer=detector would change the base classes' features: "
                               "use transfer=imagenet or mode=novel")
     new = len(base.heads) if generalized else 0
     spec = base.spec.to_dict() | {"classes": p.classes, "pretrained": False}
+    cosine = (new,) if classifier == "cosine" else ()
     if generalized:
         spec |= {"class_groups": [*base.spec.class_groups, len(p.new_classes)],
-                 "own_features": (*base.spec.own_features, *([new] if transfer == "imagenet" else []))}
+                 "own_features": (*base.spec.own_features, *([new] if transfer == "imagenet" else [])),
+                 "cosine_heads": (*base.spec.cosine_heads, *cosine)}
     else:
-        spec |= {"class_groups": [], "own_features": ()}
+        spec |= {"class_groups": [], "own_features": (), "cosine_heads": cosine}
     detector = Detector(DetectorSpec(**spec))
     if generalized:  # every base module keeps its name, weights and outputs
         detector.load_state_dict(base.state_dict(), strict=False)

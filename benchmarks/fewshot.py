@@ -38,6 +38,7 @@ VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the r
     "imagenet": ["mode=novel"],  # reference: the same shots from the ImageNet backbone alone, no base detector
     "detector": ["fewshot.transfer=detector"],  # the novel head starts from the base detector (TFA-style)
     "novel-detector": ["mode=novel", "fewshot.transfer=detector"],
+    "cosine": ["fewshot.classifier=cosine"],
     "unfreeze": ["fewshot.unfreeze_backbone=true"],
     "light-aug": ["fewshot.policy=light"],
     "mosaic": ["fewshot.mosaic=0.5"],

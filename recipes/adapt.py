@@ -49,7 +49,7 @@ def adapt(cfg: DictConfig) -> dict:
     plan = fewshot.plan(base.spec, cfg.base, version, cfg.mode, cfg.classes, OmegaConf.to_container(cfg.model))
     shots = fewshot.sample_shots(version, cfg.data.train_split, plan.new_classes, cfg.shots, cfg.seed)
     images = fewshot.shot_images(shots)
-    detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone)
+    detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone, fs.classifier)
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
     log.info("adapting %s to %s (%s, transfer %s, %d shot images, %d steps)", base_ref.uri, plan.new_classes,
              cfg.mode, fs.transfer, len(images), steps)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from atom.models.detector import CosineClassifier
 from tests.conftest import tiny_overrides
 
 
@@ -81,12 +83,15 @@ def test_novel_adaptation(project, base_model):
     from recipes import compose
     from recipes.adapt import adapt
 
-    result = adapt(compose("adapt", adapt_overrides(project, base_model, mode="novel", **{
-        "fewshot.transfer": "detector", "fewshot.optim.lr": 1e-4})))  # 3 steps of at most ~lr each
+    result = adapt(compose("adapt", adapt_overrides(project, base_model, mode="novel", export="onnx", **{
+        "fewshot.transfer": "detector", "fewshot.classifier": "cosine",
+        "fewshot.optim.lr": 1e-4})))  # 3 steps of at most ~lr each
     assert result["transfer"] == "detector" and "bAP50" not in result
+    assert (Path(result["bundle"]) / "model.onnx").exists()  # the cosine classifier exported and verified
     adapted = tracking.load_detector(tracking.resolve_model(f"{result['model_name']}/{result['model_version']}"))
     base = tracking.load_detector(tracking.resolve_model(base_model))
     assert adapted.spec.classes == ["pedestrian"] and len(adapted.heads) == 1
+    assert adapted.spec.cosine_heads == (0,) and isinstance(adapted.heads[0].cls[0], CosineClassifier)
     # detector transfer: the backbone (frozen) is the base model's; neck and towers start from it (3 small steps)
     ours, theirs = adapted.state_dict(), base.state_dict()
     assert torch.equal(ours["backbone.blocks.5.0.conv_pw.weight"], theirs["backbone.blocks.5.0.conv_pw.weight"])
@@ -101,6 +106,7 @@ def test_novel_adaptation(project, base_model):
     ({"model.input_size": 320}, "input_size"),
     ({"mode": "sideways"}, "mode 'sideways'"),
     ({"fewshot.transfer": "features"}, "transfer 'features'"),
+    ({"fewshot.classifier": "softmax"}, "classifier 'softmax'"),
     ({"fewshot.transfer": "detector", "fewshot.unfreeze_backbone": "true"}, "use transfer=imagenet or mode=novel"),
 ])
 def test_bad_requests_fail_before_training(project, base_model, extra, message):

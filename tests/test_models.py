@@ -9,7 +9,7 @@ from PIL import Image
 
 from atom.data.augment import POLICIES, build_policy
 from atom.models.backbones import create_backbone, load_pretrained_classifier
-from atom.models.detector import Detector, DetectorSpec
+from atom.models.detector import CosineClassifier, Detector, DetectorSpec
 from atom.models.loss import assign, fcos_loss
 
 
@@ -93,11 +93,23 @@ def test_detectors_pickled_before_own_features_still_load():
     import pickle
 
     detector = Detector(DetectorSpec(classes=["a"], pretrained=False)).eval()
-    del detector._modules["own_features"], detector.spec.__dict__["own_features"]  # as pickled by older code
+    del detector._modules["own_features"]  # as pickled by older code
+    del detector.spec.__dict__["own_features"], detector.spec.__dict__["cosine_heads"]
     loaded = pickle.loads(pickle.dumps(detector))
-    assert loaded.spec.own_features == () and len(loaded.own_features) == 0
+    assert loaded.spec.own_features == () and len(loaded.own_features) == 0 and loaded.spec.cosine_heads == ()
     boxes, scores = loaded(torch.zeros(1, 3, 64, 64))
     assert scores.shape[-1] == 1
+
+
+def test_cosine_classifier_scores_the_direction_of_features_not_their_size():
+    detector = Detector(DetectorSpec(classes=["a", "b"], class_groups=[1, 1], cosine_heads=[1], pretrained=False))
+    linear, cosine = detector.heads[0].cls[0], detector.heads[1].cls[0]
+    assert isinstance(cosine, CosineClassifier) and not isinstance(linear, CosineClassifier)
+    x = torch.rand(2, 96, 5, 5) + 0.1
+    with torch.no_grad():
+        assert torch.allclose(cosine(3 * x), cosine(x), atol=1e-5)
+        assert cosine(x).abs().max() <= CosineClassifier.SCALE + cosine.bias.abs().max() + 1e-4
+        assert not torch.allclose(linear(3 * x), linear(x))
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

@@ -64,13 +64,11 @@ class Mosaic(Dataset):
     def __getitem__(self, i):
         if random.random() >= self.p:
             return self.dataset[i]
-        canvas = None
+        items = [self.dataset[j] for j in [i, *random.choices(range(len(self.dataset)), k=3)]]
+        canvas = torch.zeros_like(items[0][0])
         boxes, labels = [], []
-        for q, j in enumerate([i, *random.choices(range(len(self.dataset)), k=3)]):
-            image, target, _ = self.dataset[j]
+        for q, (image, target, _) in enumerate(items):
             half = F.interpolate(image[None], scale_factor=0.5, mode="bilinear", align_corners=False)[0]
-            if canvas is None:
-                canvas = torch.zeros_like(image)
             h, w = half.shape[-2:]
             oy, ox = (q // 2) * h, (q % 2) * w
             canvas[:, oy:oy + h, ox:ox + w] = half

@@ -35,6 +35,9 @@ class DetectorSpec:
     # Heads that read a backbone + FPN of their own instead of the shared one: a head for new classes trained from
     # ImageNet beside a frozen base (few-shot). A tuple, so detectors pickled before it existed read () here.
     own_features: tuple[int, ...] = ()
+    # Heads whose classifier scores the scaled cosine similarity of features and class weights (TFA's few-shot
+    # classifier) instead of a linear 1x1 conv. A tuple for the same reason.
+    cosine_heads: tuple[int, ...] = ()
     freeze_stages: int = 2  # backbone stages (after the stem) kept frozen; -1 freezes nothing
     freeze_bn: bool = True  # keep backbone BatchNorm in eval mode (small batches on CPU)
     score_thresh: float = 0.05
@@ -52,9 +55,11 @@ class DetectorSpec:
         self.class_groups = list(self.class_groups) or [len(self.classes)]
         if sum(self.class_groups) != len(self.classes) or min(self.class_groups) < 1:
             raise ValueError(f"class_groups {self.class_groups} must split the {len(self.classes)} classes")
-        self.own_features = tuple(self.own_features)
-        if any(not 0 <= g < len(self.class_groups) for g in self.own_features):
-            raise ValueError(f"own_features {self.own_features}: no such head ({len(self.class_groups)} heads)")
+        for name in ("own_features", "cosine_heads"):
+            heads = tuple(getattr(self, name))
+            if any(not 0 <= g < len(self.class_groups) for g in heads):
+                raise ValueError(f"{name} {heads}: no such head ({len(self.class_groups)} heads)")
+            setattr(self, name, heads)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,16 +91,34 @@ class LightFPN(nn.Module):
         return [conv(x) for conv, x in zip(self.smooth, lat)]
 
 
+class CosineClassifier(nn.Module):
+    """Per location: scale * cos(feature, class weight) + bias. Bounded logits make a class's score depend on the
+    direction of the feature, not its magnitude, which few-shot detection found steadier on few examples (TFA)."""
+
+    SCALE = 20.0  # TFA's temperature
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x):
+        return F.conv2d(F.normalize(x, dim=1), F.normalize(self.weight, dim=1)) * self.SCALE \
+            + self.bias.view(1, -1, 1, 1)
+
+
 class Head(nn.Module):
     """Per level: a tower of depthwise-separable convs shared by classification, box and centerness outputs."""
 
-    def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int, levels: int):
+    def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int, levels: int,
+                 cosine: bool = False):
         super().__init__()
         self.towers = nn.ModuleList(
             nn.Sequential(*[_sep_conv(in_channels if i == 0 else channels, channels) for i in range(num_convs)])
             for _ in range(levels))
         out = channels if num_convs else in_channels
-        self.cls = nn.ModuleList(nn.Conv2d(out, num_classes, 1) for _ in range(levels))
+        classifier = CosineClassifier if cosine else lambda c, n: nn.Conv2d(c, n, 1)
+        self.cls = nn.ModuleList(classifier(out, num_classes) for _ in range(levels))
         self.reg = nn.ModuleList(nn.Conv2d(out, 5, 1) for _ in range(levels))  # l, t, r, b, centerness
         prior = 0.01  # focal-loss prior: start with few confident background scores
         for conv in self.cls:
@@ -129,8 +152,8 @@ class Detector(nn.Module):
         self.spec = spec
         self.backbone = create_backbone(spec.backbone, out_indices=(2, 3, 4), pretrained=spec.pretrained)
         self.neck = LightFPN(self.backbone.feature_info.channels(), spec.fpn_channels)
-        self.heads = nn.ModuleList(Head(spec.fpn_channels, spec.head_channels, spec.head_convs, n, len(STRIDES))
-                                   for n in spec.class_groups)
+        self.heads = nn.ModuleList(Head(spec.fpn_channels, spec.head_channels, spec.head_convs, n, len(STRIDES),
+                                        cosine=g in spec.cosine_heads) for g, n in enumerate(spec.class_groups))
         self.own_features = nn.ModuleDict({str(g): FeaturePyramid(spec) for g in spec.own_features})
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255, persistent=False)
