@@ -8,58 +8,68 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 import atom
-from atom.data.loader import DetectionDataset, collate
 from atom.data.version import DatasetVersion, sha256_file
-from atom.evaluation import coco_evaluate, to_coco_results
-from atom.models.detector import PRE_NMS_TOP_K, postprocess
+from atom.evaluation import coco_evaluate, predict_split
+from atom.models.detector import PRE_NMS_TOP_K
 from atom.tracking import ModelRef
 from exporters import ExportError, format_module, resolve_format
 
 
 def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: float, map_tol: float,
-           batch_size: int = 8) -> dict:
+           reference: list[dict] | None = None) -> dict:
     """Compare the exported model with PyTorch on a real split: detections matched as sets per image (same class,
-    box coordinates within box_rtol of the image's longest side), and COCO mAP equal within map_tol. Detections present on one side only
-    are tolerated only at the score threshold or the detection cap, where rounding decides."""
+    box coordinates within box_rtol of the image's longest side), and COCO mAP equal within map_tol. Detections
+    present on one side only are tolerated only at the score threshold or the detection cap, where rounding decides.
+    `reference`: PyTorch's COCO results on this split where the caller has just computed them (adapt evaluates
+    before it exports), so the slower model does not run twice."""
     spec = detector.spec
-    loader = DataLoader(DetectionDataset(version, split, spec.input_size, classes=spec.classes), batch_size=batch_size,
-                        collate_fn=collate)
-    torch_results, export_results = [], []
-    worst_rel, matched, borderline, failures = 0.0, 0, 0, []
-    with torch.no_grad():
-        for images, _, metas in loader:
-            scales = [m["scale"] for m in metas]
-            ours = postprocess(*detector(images), spec, scales)
-            theirs = postprocess(*detect(images), spec, scales)
-            for meta, a, b in zip(metas, ours, theirs):
-                torch_results += to_coco_results(meta["image_id"], a)
-                export_results += to_coco_results(meta["image_id"], b)
-                m, border, rel, problem = _match(a, b, spec, spec.input_size / meta["scale"])
-                matched, borderline, worst_rel = matched + m, borderline + border, max(worst_rel, rel)
-                if problem:
-                    failures.append(f"image {meta['image_id']}: {problem}")
+    torch_results = predict_split(detector, spec, version, split) if reference is None else reference
+    export_results = predict_split(detect, spec, version, split)
     gt = version.coco(split, spec.classes)
+    ours, theirs = _by_image(torch_results), _by_image(export_results)
+    worst_rel, matched, borderline, failures = 0.0, 0, 0, []
+    for info in gt["images"]:
+        m, border, rel, problem = _match(ours[info["id"]], theirs[info["id"]], spec, max(info["width"], info["height"]))
+        matched, borderline, worst_rel = matched + m, borderline + border, max(worst_rel, rel)
+        if problem:
+            failures.append(f"image {info['id']} ({info['file_name']}): {problem}")
     map_torch = coco_evaluate(gt, torch_results)[0]
     map_export = coco_evaluate(gt, export_results)[0]
     diffs = {k: abs(map_torch[k] - map_export[k]) for k in ("mAP50", "mAP50_95")}
     if worst_rel > box_rtol:
         failures.append(f"box error {worst_rel:.2e} relative exceeds {box_rtol:.0e}")
     failures += [f"{k} differs by {d:.4f} (> {map_tol})" for k, d in diffs.items() if d > map_tol]
-    return {"split": split, "images": len(loader.dataset), "matched_detections": matched,
+    return {"split": split, "images": len(gt["images"]), "matched_detections": matched,
             "borderline_detections": borderline, "max_box_error_relative": worst_rel,
             "pytorch": {k: map_torch[k] for k in ("mAP50", "mAP50_95")},
             "exported": {k: map_export[k] for k in ("mAP50", "mAP50_95")},
             "map_abs_diff": diffs, "tolerances": {"box_rtol": box_rtol, "map_tol": map_tol},
             "passed": not failures, "failures": failures[:20]}
+
+
+def _by_image(results: list[dict]) -> defaultdict:
+    """COCO results -> image id -> detections as tensors (boxes xyxy, scores, 0-based labels); empty by default."""
+    rows = defaultdict(list)
+    for r in results:
+        x, y, w, h = r["bbox"]
+        rows[r["image_id"]].append((x, y, x + w, y + h, r["score"], r["category_id"] - 1))
+
+    def detections(rs=()):
+        t = torch.tensor(rs, dtype=torch.float64).reshape(-1, 6)
+        return {"boxes": t[:, :4], "scores": t[:, 4], "labels": t[:, 5].long()}
+
+    out = defaultdict(detections)
+    out.update({i: detections(rs) for i, rs in rows.items()})
+    return out
 
 
 def _match(a: dict, b: dict, spec, image_side: float, border: float = 1e-3):
@@ -157,9 +167,10 @@ def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: Dataset
 
 
 def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: str, args: dict, verify_cfg: dict,
-                bundles_dir: Path, tracking_uri: str) -> tuple[Path, dict]:
-    """Export, verify, write manifest and report, then move the bundle into place. Raises ExportError on a failed
-    verification; an existing bundle for the same version stays as it was until the new one is complete."""
+                bundles_dir: Path, tracking_uri: str, reference: list[dict] | None = None) -> tuple[Path, dict]:
+    """Export, verify (`reference`: see `verify`), write manifest and report, then move the bundle into place.
+    Raises ExportError on a failed verification; an existing bundle for the same version stays as it was until the
+    new one is complete."""
     fmt, args = resolve_format(format_name, args)
     module = format_module(fmt)
     if version.fingerprint != ref.tags.get("dataset.fingerprint", version.fingerprint):
@@ -173,7 +184,7 @@ def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: s
         model_file = module.export(detector, sample, tmp, **args)
         detect = module.runner(model_file, **args)
         verification = verify(detector, detect, version, verify_cfg["split"], verify_cfg["box_rtol"],
-                              verify_cfg["map_tol"])
+                              verify_cfg["map_tol"], reference)
         if not verification["passed"]:
             raise ExportError(f"{format_name} export of {ref.uri} failed verification: {verification['failures']}")
         real = torch.from_numpy(_first_image(version, verify_cfg["split"], size))

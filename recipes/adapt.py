@@ -74,9 +74,9 @@ def adapt(cfg: DictConfig) -> dict:
 
     extra = {"shots": cfg.shots, "seed": cfg.seed, "mode": cfg.mode, "transfer": fs.transfer,
              "shot_images": len(images), "steps": steps, "train_images_per_s": round(throughput.images_per_s, 2)}
-    metrics = {}
+    metrics, predictions = {}, None
     if version.has_split(cfg.eval_split):
-        metrics = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger, extra)
+        metrics, predictions = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger, extra)
         metrics.update(group_ap50(metrics, plan))
     files = {im["id"]: im["file_name"] for im in version.coco(cfg.data.train_split)["images"]}
     (run_dir / "shots.json").write_text(json.dumps({c: [files[i] for i in ids] for c, ids in shots.items()}, indent=1))
@@ -92,7 +92,7 @@ def adapt(cfg: DictConfig) -> dict:
     ref = tracking.register_detector(detector, logger.run_id, cfg.tracking.model_name, tags, cfg.tracking.alias)
     summary = {**extra, **metrics, "model_name": ref.name, "model_version": ref.version, "run_id": logger.run_id}
     if export_args is not None:
-        summary["bundle"] = _export(cfg, ref, detector, version, export_args)
+        summary["bundle"] = _export(cfg, ref, detector, version, export_args, predictions)
     log.info("registered %s version %s", ref.name, ref.version)
     return summary
 
@@ -106,14 +106,16 @@ def group_ap50(metrics: dict, plan) -> dict:
     return out
 
 
-def _export(cfg: DictConfig, ref, detector, version, args: dict) -> str:
+def _export(cfg: DictConfig, ref, detector, version, args: dict, predictions: list | None) -> str:
+    """Export and verify on the evaluation split, reusing the evaluation's PyTorch predictions (`predictions`; None
+    where the dataset has no such split: then on the shots' split)."""
     from atom import tracking
     from exporters.bundle import log_bundle, make_bundle
 
     verify = OmegaConf.to_container(cfg.export.verify)
-    verify["split"] = cfg.eval_split if version.has_split(cfg.eval_split) else cfg.data.train_split
+    verify["split"] = cfg.eval_split if predictions is not None else cfg.data.train_split
     bundle, _ = make_bundle(ref, detector, version, cfg.export.format, args, verify, Path(cfg.paths.bundles),
-                            tracking.tracking_uri(cfg.paths.output_dir))
+                            tracking.tracking_uri(cfg.paths.output_dir), reference=predictions)
     log_bundle(ref, bundle, cfg.export.format)
     return str(bundle)
 

@@ -60,9 +60,9 @@ def mlflow_logger(cfg: DictConfig, version, run_dir: Path):
     return logger, resuming
 
 
-def evaluate_and_log(detector, version, split: str, run_dir: Path, logger, extra: dict) -> dict:
+def evaluate_and_log(detector, version, split: str, run_dir: Path, logger, extra: dict) -> tuple[dict, list]:
     """COCO metrics on the held-out split (plus `extra`) in metrics.json, logged to the run with the PR curves
-    and a prediction grid."""
+    and a prediction grid. Returns the metrics and the predictions (COCO results)."""
     from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
 
     metrics, results, ev = evaluate(detector, detector.spec, version, split)
@@ -78,7 +78,7 @@ def evaluate_and_log(detector, version, split: str, run_dir: Path, logger, extra
     for artifact in (run_dir / "metrics.json", plot_pr_curves(ev, classes, run_dir / "pr_curves.png"),
                      prediction_grid(version, split, results, classes, run_dir / "predictions.jpg")):
         client.log_artifact(run_id, str(artifact), "evaluation")
-    return metrics
+    return metrics, results
 
 
 def flat(d: dict, prefix: str = "") -> dict:

@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict:
     # Evaluation, registration and export work on CPU in the standard memory layout, wherever training ran.
     detector = module.detector.cpu().to(memory_format=torch.contiguous_format).eval()
 
-    metrics = evaluate_and_log(detector, version, test_split, run_dir, logger, {
+    metrics, _ = evaluate_and_log(detector, version, test_split, run_dir, logger, {
         "epochs": trainer.current_epoch, "train_images_per_s": round(throughput.images_per_s, 2)})
 
     ref = tracking.register_detector(detector, run_id, cfg.tracking.model_name, {
