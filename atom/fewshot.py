@@ -55,8 +55,7 @@ class Plan:
 
 def plan(base: DetectorSpec, base_ref: str, version: DatasetVersion, mode: str, classes, model_cfg: dict) -> Plan:
     """Validate the request; `classes` None means the version's classes the base model does not have."""
-    if mode not in MODES:
-        raise AdaptationError(f"mode {mode!r}: choose one of {list(MODES)}")
+    _check_choice("mode", mode, MODES)
     for key in ("backbone", "input_size", "mean", "std"):
         want = model_cfg.get(key)
         have = getattr(base, key)
@@ -119,9 +118,9 @@ def shot_images(shots: dict[str, list[int]]) -> list[int]:
     return sorted({i for ids in shots.values() for i in ids})
 
 
-def check_transfer(transfer: str) -> None:
-    if transfer not in TRANSFERS:
-        raise AdaptationError(f"transfer {transfer!r}: choose one of {list(TRANSFERS)}")
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise AdaptationError(f"{name} {value!r}: choose one of {list(choices)}")
 
 
 def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = False,
@@ -129,9 +128,8 @@ def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = Fals
     """The detector to train, with everything it must not change frozen. Trainable: the new head and the FPN it
     reads (generalized with `imagenet`: its own; novel: the detector's), plus the later stages of that backbone
     with `unfreeze_backbone` (partial unfreezing). In generalized mode every base part stays frozen."""
-    check_transfer(transfer)
-    if classifier not in CLASSIFIERS:
-        raise AdaptationError(f"classifier {classifier!r}: choose one of {list(CLASSIFIERS)}")
+    _check_choice("transfer", transfer, TRANSFERS)
+    _check_choice("classifier", classifier, CLASSIFIERS)
     generalized = p.mode == "generalized"
     if unfreeze_backbone and generalized and transfer == "detector":
         raise AdaptationError("unfreeze_backbone with transfer=detector would change the base classes' features: "
