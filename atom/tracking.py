@@ -116,6 +116,13 @@ def resolve_model(ref: str) -> ModelRef:
     return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags))
 
 
+def training_split(ref: ModelRef) -> str:
+    """The split of its dataset version a registered model was trained on (its run's data.train_split)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_run(ref.run_id).data.params.get("data.train_split", "train")
+
+
 def load_detector(ref: ModelRef):
     import mlflow.pytorch
 

@@ -35,7 +35,9 @@ DATASETS = {  # source format, base classes, novel classes, base-training experi
 }
 VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the rest measure the recipe's choices
     "generalized": [],  # the default recipe: base + novel classes
-    "imagenet": ["mode=novel"],  # reference: the same shots from the ImageNet backbone alone, no base detector
+    # reference: the same shots from the ImageNet backbone alone: no base detector, no base data
+    "imagenet": ["mode=novel", "fewshot.negatives=0"],
+    "no-negatives": ["fewshot.negatives=0"],  # without the base data's boxes as known background
     "detector": ["fewshot.transfer=detector"],  # the novel head starts from the base detector (TFA-style)
     "novel-detector": ["mode=novel", "fewshot.transfer=detector"],
     "cosine": ["fewshot.classifier=cosine"],

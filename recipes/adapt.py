@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import recipes  # noqa: F401  (registers the config resolvers)
-from recipes.common import evaluate_and_log, mlflow_logger
+from recipes.common import evaluate_and_log, lineage_version, mlflow_logger
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,10 @@ def adapt(cfg: DictConfig) -> dict:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import pytorch_lightning as pl
     import torch
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import ConcatDataset, DataLoader
 
     from atom import fewshot, tracking
-    from atom.data.loader import DetectionDataset, Mosaic, collate
+    from atom.data.loader import DetectionDataset, KnownNegatives, MixedBatches, Mosaic, collate
     from atom.data.version import open_version
     from atom.training.callbacks import TrainThroughput
     from atom.training.module import DetectionModule
@@ -49,6 +49,14 @@ def adapt(cfg: DictConfig) -> dict:
     plan = fewshot.plan(base.spec, cfg.base, version, cfg.mode, cfg.classes, OmegaConf.to_container(cfg.model))
     shots = fewshot.sample_shots(version, cfg.data.train_split, plan.new_classes, cfg.shots, cfg.seed)
     images = fewshot.shot_images(shots)
+    negatives = None
+    if fs.negatives:  # the base classes' boxes in the base model's training data: known background for the new head
+        base_data = lineage_version(base_ref, cfg.paths.datasets, "; or adapt without them: fewshot.negatives=0")
+        negatives = KnownNegatives(base_data, tracking.training_split(base_ref), base.spec.input_size, fs.policy,
+                                   base.spec.classes)
+        if not len(negatives):
+            raise fewshot.AdaptationError(f"{base_data.root}: no box of base model {base_ref.uri}'s classes "
+                                          f"{base.spec.classes} to learn from; set fewshot.negatives=0")
     detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone, fs.classifier)
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
     log.info("adapting %s to %s (%s, transfer %s, %d shot images, %d steps)", base_ref.uri, plan.new_classes,
@@ -61,9 +69,10 @@ def adapt(cfg: DictConfig) -> dict:
                                  plan.new_classes)
     if fs.mosaic > 0:
         train_set = Mosaic(train_set, fs.mosaic)
-    loader = DataLoader(train_set, batch_size=fs.batch_size, collate_fn=collate, drop_last=True,
-                        num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0,
-                        sampler=RandomSampler(train_set, replacement=True, num_samples=steps * fs.batch_size))
+    parts = [train_set] + ([negatives] if negatives is not None else [])
+    batches = MixedBatches([len(p) for p in parts], [fs.batch_size, fs.negatives][:len(parts)], steps)
+    loader = DataLoader(ConcatDataset(parts), batch_sampler=batches, collate_fn=collate, num_workers=fs.num_workers,
+                        persistent_workers=fs.num_workers > 0)
     module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim)
     throughput = TrainThroughput()
     trainer = pl.Trainer(logger=logger, callbacks=[throughput], max_steps=steps, max_epochs=1,
@@ -73,7 +82,8 @@ def adapt(cfg: DictConfig) -> dict:
     detector = module.detector.eval()
 
     extra = {"shots": cfg.shots, "seed": cfg.seed, "mode": cfg.mode, "transfer": fs.transfer,
-             "shot_images": len(images), "steps": steps, "train_images_per_s": round(throughput.images_per_s, 2)}
+             "shot_images": len(images), "negative_pool": len(negatives) if negatives is not None else 0,
+             "steps": steps, "train_images_per_s": round(throughput.images_per_s, 2)}
     metrics, predictions = {}, None
     if version.has_split(cfg.eval_split):
         metrics, predictions = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger, extra)

@@ -17,20 +17,26 @@ def load_registered(cfg: DictConfig):
     import torch
 
     from atom import tracking
-    from atom.data.version import DatasetError, open_version
 
     torch.set_num_threads(cfg.threads)
     tracking.configure(cfg.paths.output_dir)
     ref = tracking.resolve_model(cfg.registered_model)
+    version = lineage_version(ref, cfg.paths.datasets)
+    return ref, tracking.load_detector(ref), version
+
+
+def lineage_version(ref, datasets_dir, remedy: str = ""):
+    """The dataset version a registered model (ModelRef) was trained on, from its lineage tags."""
+    from atom.data.version import DatasetError, open_version
+
     name, version_id = ref.tags.get("dataset.name"), ref.tags.get("dataset.version")
     if not name or not version_id:
-        raise LookupError(f"model {ref.uri} has no dataset lineage tags (dataset.name, dataset.version)")
+        raise LookupError(f"model {ref.uri} has no dataset lineage tags (dataset.name, dataset.version){remedy}")
     try:
-        version = open_version(Path(cfg.paths.datasets), name, version_id)
+        return open_version(Path(datasets_dir), name, version_id)
     except DatasetError as e:
         raise DatasetError(f"model {ref.uri} was trained on dataset {name}/{version_id}, "
-                           f"which is not in {cfg.paths.datasets}: {e}") from None
-    return ref, tracking.load_detector(ref), version
+                           f"which is not in {datasets_dir}: {e}{remedy}") from None
 
 
 def mlflow_logger(cfg: DictConfig, version, run_dir: Path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from atom.data.version import DatasetError
 from atom.models.detector import CosineClassifier
 from tests.conftest import tiny_overrides
 
@@ -42,8 +43,10 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
     from recipes import compose
     from recipes.adapt import adapt
 
-    result = adapt(compose("adapt", adapt_overrides(project, base_model, seed=1, export="onnx")))
+    result = adapt(compose("adapt", adapt_overrides(project, base_model, seed=1, export="onnx",
+                                                    **{"fewshot.negatives": 1})))
     assert result["mode"] == "generalized"
+    assert result["negative_pool"] > 0  # the base's training images that hold a car or a bus
     manifest = json.loads((project["outputs"] / "bundles" / result["model_name"] / f"v{result['model_version']}"
                            / "onnx" / "manifest.json").read_text())  # the two-head graph exported and verified
     assert manifest["model"]["classes"] == ["car", "bus", "pedestrian"]
@@ -119,6 +122,30 @@ def test_bad_requests_fail_before_training(project, base_model, extra, message):
     with pytest.raises(AdaptationError, match=message):
         adapt(compose("adapt", adapt_overrides(project, base_model, run_name="bad-request", **extra)))
     assert sorted(p.name for p in runs.iterdir()) == before  # no run started
+
+
+@pytest.mark.parametrize("lineage, error, message", [
+    ({}, LookupError, "no dataset lineage tags"),
+    ({"dataset.name": "elsewhere", "dataset.version": "0123"}, DatasetError, "trained on dataset elsewhere/0123"),
+])
+def test_negatives_need_the_base_models_training_data(project, base_model, lineage, error, message):
+    """Known negatives come from the base model's training data (its lineage): where it cannot be found, the
+    adaptation fails before training and says how to go on without them."""
+    from mlflow import MlflowClient
+
+    from atom import tracking
+    from recipes import compose
+    from recipes.adapt import adapt
+
+    client, ref = MlflowClient(), tracking.resolve_model(base_model)
+    if not client.search_registered_models("name='atom-sample-orphan'"):
+        client.create_registered_model("atom-sample-orphan")
+    orphan = client.create_model_version("atom-sample-orphan", client.get_model_version(ref.name, ref.version).source,
+                                         ref.run_id, tags=lineage)
+    with pytest.raises(error, match=f"{message}.*fewshot.negatives=0"):
+        adapt(compose("adapt", adapt_overrides(project, f"atom-sample-orphan/{orphan.version}", run_name="orphan",
+                                               **{"fewshot.negatives": 1})))
+    assert not (project["outputs"] / "runs" / "orphan").exists()
 
 
 def test_class_without_examples_is_reported(project, base_model, tmp_path):

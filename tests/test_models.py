@@ -10,7 +10,7 @@ from PIL import Image
 from atom.data.augment import POLICIES, build_policy
 from atom.models.backbones import create_backbone, load_pretrained_classifier
 from atom.models.detector import CosineClassifier, Detector, DetectorSpec
-from atom.models.loss import assign, fcos_loss
+from atom.models.loss import assign, fcos_loss, inside
 
 
 def _classify(model, image: np.ndarray) -> torch.Tensor:
@@ -55,6 +55,23 @@ def test_assignment_picks_locations_inside_the_box_at_the_right_level():
     # inside the centre region at stride 8, outside the box, and too small a box for stride 32
     assert idx.tolist() == [0, -1, -1, -1]
     assert ltrb[0].tolist() == [10, 10, 30, 30]
+
+
+def test_known_negatives_limit_the_classification_loss_to_their_boxes():
+    """An image not labeled for the trained classes (few-shot base data) teaches background only inside the boxes
+    known to hold none of them; an image without 'negatives' is background everywhere it has no box."""
+    detector = Detector(DetectorSpec(classes=["a", "b"], pretrained=False))
+    with torch.no_grad():
+        cls, *rest = detector.forward_raw(torch.rand(1, 3, 128, 128) * 255)
+    cls.requires_grad_()
+    box = torch.tensor([[16.0, 16, 64, 48]])
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    fcos_loss((cls, *rest), [{**empty, "negatives": box}])["loss"].backward()
+    touched = (cls.grad[0] != 0).any(-1)
+    assert 0 < touched.sum() < len(touched) and torch.equal(touched, inside(rest[2], box))
+    cls.grad = None
+    fcos_loss((cls, *rest), [empty])["loss"].backward()
+    assert (cls.grad[0] != 0).any(-1).all()
 
 
 def test_decoded_boxes_follow_the_locations():
@@ -139,6 +156,31 @@ def test_queue_ranking_prefers_uncertain_and_spreads_near_duplicates():
     u = np.array([0.9, 0.9, 0.5])
     assert rank_for_labeling(u, e, diversity_weight=1.0)[:2] == [0, 2]
     assert rank_for_labeling(u, e, diversity_weight=0.0)[:2] == [0, 1]
+
+
+def test_mixed_batches_draw_a_fixed_share_from_each_dataset():
+    from atom.data.loader import MixedBatches
+
+    torch.manual_seed(0)
+    batches = list(MixedBatches([3, 5], [4, 2], steps=20))
+    assert len(batches) == 20 and all(len(b) == 6 for b in batches)
+    assert all(sum(i < 3 for i in b) == 4 and max(b) < 8 for b in batches)
+    assert {i for b in batches for i in b} == set(range(8))
+    torch.manual_seed(0)
+    assert list(MixedBatches([3, 5], [4, 2], steps=20)) == batches  # follows the global seed
+
+
+def test_known_negatives_are_the_images_with_those_classes(project):
+    from atom.data.loader import KnownNegatives
+    from atom.data.version import open_version
+
+    version = open_version(project["datasets"], "sample")
+    coco = version.coco("train", ["bus"])
+    negatives = KnownNegatives(version, "train", 128, "none", ["bus"])
+    assert len(negatives) == len({a["image_id"] for a in coco["annotations"]}) < len(coco["images"])
+    _, target, meta = negatives[0]
+    buses = [a for a in coco["annotations"] if a["image_id"] == meta["image_id"]]
+    assert len(target["boxes"]) == len(target["labels"]) == 0 and len(target["negatives"]) == len(buses) > 0
 
 
 def test_mosaic_tiles_four_items_at_half_size(project):

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from atom.data.augment import build_policy
 from atom.data.version import DatasetVersion
@@ -47,6 +47,42 @@ class DetectionDataset(Dataset):
         target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                   "labels": torch.as_tensor(labels, dtype=torch.long).reshape(-1)}
         return torch.from_numpy(image).permute(2, 0, 1).float(), target, {"image_id": info["id"], "scale": scale}
+
+
+class KnownNegatives(Dataset):
+    """The images of a split that hold boxes of `classes`, for training other classes they are not labeled for:
+    each target carries those boxes as 'negatives' (known background, atom.models.loss) and no positives. Few-shot
+    adaptation shows the new classes' head the base classes' boxes this way, so it learns that a car is not an
+    ambulance, while an unlabeled ambulance elsewhere in the image is not taught as background."""
+
+    def __init__(self, version: DatasetVersion, split: str, input_size: int, policy: str, classes: list[str]):
+        ids = sorted({a["image_id"] for a in version.coco(split, classes)["annotations"]})
+        self.dataset = DetectionDataset(version, split, input_size, policy, ids, classes)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, target, meta = self.dataset[i]
+        return image, {"boxes": target["boxes"][:0], "labels": target["labels"][:0], "negatives": target["boxes"]}, meta
+
+
+class MixedBatches(Sampler):
+    """`steps` batches of random items (with replacement), `sizes[j]` of them from the j-th of the datasets
+    concatenated (torch ConcatDataset order) whose lengths are `lengths`."""
+
+    def __init__(self, lengths: list[int], sizes: list[int], steps: int):
+        self.lengths, self.sizes, self.steps = lengths, sizes, steps
+        self.offsets = np.cumsum([0, *lengths[:-1]]).tolist()
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(int(torch.randint(2**62, ())))  # follows the global seed
+        for _ in range(self.steps):
+            yield [offset + int(j) for n, k, offset in zip(self.lengths, self.sizes, self.offsets)
+                   for j in torch.randint(n, (k,), generator=g)]
 
 
 class Mosaic(Dataset):

@@ -49,22 +49,34 @@ def centerness(ltrb: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((lr.min(-1).values / lr.max(-1).values) * (tb.min(-1).values / tb.max(-1).values))
 
 
+def inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Which locations lie inside any of the boxes (xyxy)."""
+    px, py = points[:, 0:1], points[:, 1:2]
+    return ((px > boxes[:, 0]) & (py > boxes[:, 1]) & (px < boxes[:, 2]) & (py < boxes[:, 3])).any(1)
+
+
 def fcos_loss(raw, targets: list[dict]) -> dict[str, torch.Tensor]:
     """raw: Detector.forward_raw output; targets: per image {'boxes': (M,4) xyxy input pixels, 'labels': (M,)}
-    with labels 0..C-1."""
+    with labels 0..C-1, and optionally 'negatives': (K,4) boxes known to hold none of the classes. A target with
+    'negatives' is an image not labeled for these classes (few-shot adaptation's base data): its classification
+    loss counts only at its positive locations and inside those boxes, so that an unlabeled object of a class
+    elsewhere in it is not taught as background."""
     cls, reg, ctr, points, strides = raw
     cls_target = torch.zeros_like(cls)
+    cls_weight = torch.ones_like(cls[..., :1])
     pos_reg, pos_target, pos_ctr = [], [], []
     for i, t in enumerate(targets):
         idx, ltrb = assign(points, strides, t["boxes"])
         pos = idx >= 0
         cls_target[i, pos, t["labels"][idx[pos]]] = 1.0
+        if "negatives" in t:
+            cls_weight[i, :, 0] = (pos | inside(points, t["negatives"])).to(cls_weight.dtype)
         pos_reg.append(reg[i, pos])
         pos_target.append(ltrb[pos])
         pos_ctr.append(ctr[i, pos])
     pos_reg, pos_target, pos_ctr = torch.cat(pos_reg), torch.cat(pos_target), torch.cat(pos_ctr)
     num_pos = max(pos_reg.shape[0], 1)
-    loss_cls = sigmoid_focal_loss(cls, cls_target, reduction="sum") / num_pos
+    loss_cls = (sigmoid_focal_loss(cls, cls_target, reduction="none") * cls_weight).sum() / num_pos
     if pos_reg.shape[0] == 0:
         zero = reg.sum() * 0 + ctr.sum() * 0
         return {"loss": loss_cls + zero, "loss_cls": loss_cls, "loss_box": zero, "loss_ctr": zero}
