@@ -102,6 +102,14 @@ def test_novel_adaptation(project, base_model):
         assert torch.allclose(ours[name], theirs[name], atol=1e-2)
 
 
+def test_adapted_models_are_registered_apart_from_trained_ones():
+    """`atom adapt` must not add versions to, or move the alias of, the model `atom train` registers for the data."""
+    from recipes import compose
+
+    assert compose("adapt", ["base=atom-sample-base/1"]).tracking.model_name == "atom-sample-fewshot"
+    assert compose("train", []).tracking.model_name == "atom-sample"
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"shots": 1000}, "pool holds only"),
     ({"classes": "[car]"}, "collide with base model"),
