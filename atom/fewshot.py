@@ -25,8 +25,6 @@ import math
 import random
 from dataclasses import dataclass
 
-import torch
-
 from atom.data.version import DatasetVersion
 from atom.errors import AtomError
 from atom.models.backbones import create_backbone
