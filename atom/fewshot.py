@@ -14,7 +14,8 @@ New class weights start at the focal-loss prior: weight imprinting (from the sho
 and did worse. What the K shots cannot teach is what the new classes are not: on vehicles most of the new head's lost
 precision was boxes on cars, buses and trucks. So each training batch also holds images of the base model's training
 data whose base-class boxes are known background for the new classes (`fewshot.negatives`,
-`atom.data.loader.KnownNegatives`); only inside those boxes, since those images are not labeled for the new classes.
+`atom.data.loader.KnownNegatives`); only where those objects would be detected (their FCOS locations), since the
+images are not labeled for the new classes.
 TFA's cosine classifier (`classifier=cosine`) scored the same at K=10 and lower at K=1 on vehicles: selectable for
 the benchmark, not the default.
 """

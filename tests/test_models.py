@@ -10,7 +10,7 @@ from PIL import Image
 from atom.data.augment import POLICIES, build_policy
 from atom.models.backbones import create_backbone, load_pretrained_classifier
 from atom.models.detector import CosineClassifier, Detector, DetectorSpec
-from atom.models.loss import assign, fcos_loss, inside
+from atom.models.loss import assign, fcos_loss
 
 
 def _classify(model, image: np.ndarray) -> torch.Tensor:
@@ -58,8 +58,8 @@ def test_assignment_picks_locations_inside_the_box_at_the_right_level():
 
 
 def test_known_negatives_limit_the_classification_loss_to_their_boxes():
-    """An image not labeled for the trained classes (few-shot base data) teaches background only inside the boxes
-    known to hold none of them; an image without 'negatives' is background everywhere it has no box."""
+    """An image not labeled for the trained classes (few-shot base data) teaches background only where the objects
+    known to be none of them would be detected; an image without 'negatives' is background wherever it has no box."""
     detector = Detector(DetectorSpec(classes=["a", "b"], pretrained=False))
     with torch.no_grad():
         cls, *rest = detector.forward_raw(torch.rand(1, 3, 128, 128) * 255)
@@ -68,7 +68,7 @@ def test_known_negatives_limit_the_classification_loss_to_their_boxes():
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
     fcos_loss((cls, *rest), [{**empty, "negatives": box}])["loss"].backward()
     touched = (cls.grad[0] != 0).any(-1)
-    assert 0 < touched.sum() < len(touched) and torch.equal(touched, inside(rest[2], box))
+    assert 0 < touched.sum() < len(touched) and torch.equal(touched, assign(rest[2], rest[3], box)[0] >= 0)
     cls.grad = None
     fcos_loss((cls, *rest), [empty])["loss"].backward()
     assert (cls.grad[0] != 0).any(-1).all()

@@ -49,18 +49,13 @@ def centerness(ltrb: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((lr.min(-1).values / lr.max(-1).values) * (tb.min(-1).values / tb.max(-1).values))
 
 
-def inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Which locations lie inside any of the boxes (xyxy)."""
-    px, py = points[:, 0:1], points[:, 1:2]
-    return ((px > boxes[:, 0]) & (py > boxes[:, 1]) & (px < boxes[:, 2]) & (py < boxes[:, 3])).any(1)
-
-
 def fcos_loss(raw, targets: list[dict]) -> dict[str, torch.Tensor]:
     """raw: Detector.forward_raw output; targets: per image {'boxes': (M,4) xyxy input pixels, 'labels': (M,)}
-    with labels 0..C-1, and optionally 'negatives': (K,4) boxes known to hold none of the classes. A target with
-    'negatives' is an image not labeled for these classes (few-shot adaptation's base data): its classification
-    loss counts only at its positive locations and inside those boxes, so that an unlabeled object of a class
-    elsewhere in it is not taught as background."""
+    with labels 0..C-1, and optionally 'negatives': (K,4) boxes of objects known to be none of the classes. A target
+    with 'negatives' is an image not labeled for these classes (few-shot adaptation's base data): its classification
+    loss counts only at the locations those boxes are assigned to — where a detection of them would come from — so
+    that an unlabeled object of a class elsewhere in the image, or a small one inside such a box, is not taught as
+    background."""
     cls, reg, ctr, points, strides = raw
     cls_target = torch.zeros_like(cls)
     cls_weight = torch.ones_like(cls[..., :1])
@@ -70,7 +65,7 @@ def fcos_loss(raw, targets: list[dict]) -> dict[str, torch.Tensor]:
         pos = idx >= 0
         cls_target[i, pos, t["labels"][idx[pos]]] = 1.0
         if "negatives" in t:
-            cls_weight[i, :, 0] = (pos | inside(points, t["negatives"])).to(cls_weight.dtype)
+            cls_weight[i, :, 0] = (pos | (assign(points, strides, t["negatives"])[0] >= 0)).to(cls_weight.dtype)
         pos_reg.append(reg[i, pos])
         pos_target.append(ltrb[pos])
         pos_ctr.append(ctr[i, pos])
