@@ -69,9 +69,9 @@ def adapt(cfg: DictConfig) -> dict:
                                  plan.new_classes)
     if fs.mosaic > 0:
         train_set = Mosaic(train_set, fs.mosaic)
-    parts = [train_set] + ([negatives] if negatives is not None else [])
-    batches = MixedBatches([len(p) for p in parts], [fs.batch_size, fs.negatives][:len(parts)], steps)
-    loader = DataLoader(ConcatDataset(parts), batch_sampler=batches, collate_fn=collate, num_workers=fs.num_workers,
+    parts = [(train_set, fs.batch_size)] + ([(negatives, fs.negatives)] if negatives is not None else [])
+    batches = MixedBatches([len(d) for d, _ in parts], [n for _, n in parts], steps)
+    loader = DataLoader(ConcatDataset([d for d, _ in parts]), batch_sampler=batches, collate_fn=collate, num_workers=fs.num_workers,
                         persistent_workers=fs.num_workers > 0)
     module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim)
     throughput = TrainThroughput()

@@ -56,14 +56,14 @@ class KnownNegatives(Dataset):
     ambulance, while an unlabeled ambulance elsewhere in the image is not taught as background."""
 
     def __init__(self, version: DatasetVersion, split: str, input_size: int, policy: str, classes: list[str]):
-        ids = sorted({a["image_id"] for a in version.coco(split, classes)["annotations"]})
-        self.dataset = DetectionDataset(version, split, input_size, policy, ids, classes)
+        self.dataset = DetectionDataset(version, split, input_size, policy, classes=classes)
+        self.holding = [i for i, im in enumerate(self.dataset.images) if self.dataset.boxes[im["id"]]]
 
     def __len__(self):
-        return len(self.dataset)
+        return len(self.holding)
 
     def __getitem__(self, i):
-        image, target, meta = self.dataset[i]
+        image, target, meta = self.dataset[self.holding[i]]
         return image, {"boxes": target["boxes"][:0], "labels": target["labels"][:0], "negatives": target["boxes"]}, meta
 
 
