@@ -75,7 +75,11 @@ def adapt(cfg: DictConfig) -> dict:
                         persistent_workers=fs.num_workers > 0)
     module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim)
     throughput = TrainThroughput()
-    trainer = pl.Trainer(logger=logger, callbacks=[throughput], max_steps=steps, max_epochs=1,
+    callbacks = [throughput]
+    if fs.ema_decay:  # the trained weights are an exponential moving average over the last part of training
+        from pytorch_lightning.callbacks import EMAWeightAveraging
+        callbacks.append(EMAWeightAveraging(decay=fs.ema_decay, update_starting_at_step=int(steps * fs.ema_start)))
+    trainer = pl.Trainer(logger=logger, callbacks=callbacks, max_steps=steps, max_epochs=1,
                          limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
                          default_root_dir=run_dir, **OmegaConf.to_container(fs.trainer))
     trainer.fit(module, train_dataloaders=loader)
