@@ -28,7 +28,7 @@ def adapt(cfg: DictConfig) -> dict:
     from torch.utils.data import ConcatDataset, DataLoader
 
     from atom import fewshot, tracking
-    from atom.data.loader import DetectionDataset, KnownNegatives, MixedBatches, Mosaic, collate
+    from atom.data.loader import CopyPaste, DetectionDataset, KnownNegatives, MixedBatches, Mosaic, collate
     from atom.data.version import open_version
     from atom.training.callbacks import TrainThroughput
     from atom.training.module import DetectionModule
@@ -57,6 +57,9 @@ def adapt(cfg: DictConfig) -> dict:
         if not len(negatives):
             raise fewshot.AdaptationError(f"{base_data.root}: no box of base model {base_ref.uri}'s classes "
                                           f"{base.spec.classes} to learn from; set fewshot.negatives=0")
+        if fs.copy_paste > 0:
+            negatives = CopyPaste(negatives, DetectionDataset(version, cfg.data.train_split, base.spec.input_size,
+                                                              None, images, plan.new_classes), fs.copy_paste)
     detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone, fs.classifier)
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
     log.info("adapting %s to %s (%s, transfer %s, %d shot images, %d steps)", base_ref.uri, plan.new_classes,
