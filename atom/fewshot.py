@@ -36,7 +36,8 @@ MODES = ("generalized", "novel")
 # backbone + FPN of the new head's own beside the frozen base); detector: the base detector's features, its head's
 # towers and box regression (one backbone, half the inference cost, but features trained to call the new objects
 # background: measured worse on both benchmark scenes).
-TRANSFERS = ("imagenet", "detector")
+# imagenet-neck: the ImageNet backbone, with the FPN, towers and box regression starting from the base detector's.
+TRANSFERS = ("imagenet", "detector", "imagenet-neck")
 # How the new head scores its classes: linear (a 1x1 conv, as the base head) or cosine (TFA's scaled cosine).
 CLASSIFIERS = ("linear", "cosine")
 
@@ -142,7 +143,7 @@ def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = Fals
     cosine = (new,) if classifier == "cosine" else ()
     if generalized:
         spec |= {"class_groups": [*base.spec.class_groups, len(p.new_classes)],
-                 "own_features": (*base.spec.own_features, *([new] if transfer == "imagenet" else [])),
+                 "own_features": (*base.spec.own_features, *([new] if transfer.startswith("imagenet") else [])),
                  "cosine_heads": (*base.spec.cosine_heads, *cosine)}
     else:
         spec |= {"class_groups": [], "own_features": (), "cosine_heads": cosine}
@@ -151,10 +152,15 @@ def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = Fals
         detector.load_state_dict(base.state_dict(), strict=False)
         detector.freeze("backbone", "neck", *[f"heads.{g}" for g in range(new)],
                         *[f"own_features.{g}" for g in base.spec.own_features])
-    if transfer == "imagenet":
-        backbone = f"own_features.{new}.backbone" if generalized else "backbone"
+    if transfer.startswith("imagenet"):
+        features = f"own_features.{new}" if generalized else ""
+        backbone = f"{features}.backbone".lstrip(".")
         weights = create_backbone(spec["backbone"], out_indices=(2, 3, 4), pretrained=True).state_dict()
         detector.get_submodule(backbone).load_state_dict(weights)
+        if transfer == "imagenet-neck":
+            detector.get_submodule(f"{features}.neck".lstrip(".")).load_state_dict(base.neck.state_dict())
+            detector.heads[new].towers.load_state_dict(base.heads[0].towers.state_dict())
+            detector.heads[new].reg.load_state_dict(base.heads[0].reg.state_dict())
     else:  # the base detector's backbone and FPN; the new head's towers and box regression from the base head
         backbone = "backbone"
         if not generalized:
