@@ -28,7 +28,7 @@ def adapt(cfg: DictConfig) -> dict:
     from torch.utils.data import ConcatDataset, DataLoader
 
     from atom import fewshot, tracking
-    from atom.data.loader import CopyPaste, DetectionDataset, KnownNegatives, MixedBatches, Mosaic, collate
+    from atom.data.loader import DetectionDataset, KnownNegatives, MixedBatches, Mosaic, collate
     from atom.data.version import open_version
     from atom.training.callbacks import TrainThroughput
     from atom.training.module import DetectionModule
@@ -57,9 +57,6 @@ def adapt(cfg: DictConfig) -> dict:
         if not len(negatives):
             raise fewshot.AdaptationError(f"{base_data.root}: no box of base model {base_ref.uri}'s classes "
                                           f"{base.spec.classes} to learn from; set fewshot.negatives=0")
-        if fs.copy_paste > 0:
-            negatives = CopyPaste(negatives, DetectionDataset(version, cfg.data.train_split, base.spec.input_size,
-                                                              None, images, plan.new_classes), fs.copy_paste)
     detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone, fs.classifier)
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
     log.info("adapting %s to %s (%s, transfer %s, %d shot images, %d steps)", base_ref.uri, plan.new_classes,
@@ -78,11 +75,7 @@ def adapt(cfg: DictConfig) -> dict:
                         persistent_workers=fs.num_workers > 0)
     module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim)
     throughput = TrainThroughput()
-    callbacks = [throughput]
-    if fs.ema_decay:  # the trained weights are an exponential moving average over the last part of training
-        from pytorch_lightning.callbacks import EMAWeightAveraging
-        callbacks.append(EMAWeightAveraging(decay=fs.ema_decay, update_starting_at_step=int(steps * fs.ema_start)))
-    trainer = pl.Trainer(logger=logger, callbacks=callbacks, max_steps=steps, max_epochs=1,
+    trainer = pl.Trainer(logger=logger, callbacks=[throughput], max_steps=steps, max_epochs=1,
                          limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
                          default_root_dir=run_dir, **OmegaConf.to_container(fs.trainer))
     trainer.fit(module, train_dataloaders=loader)

@@ -203,36 +203,3 @@ def test_mosaic_tiles_four_items_at_half_size(project):
     quadrant = (target["boxes"][:, :2] // 64).long()
     assert torch.equal(quadrant, ((target["boxes"][:, 2:] - 1e-3) // 64).long())
     assert len(target["boxes"]) == len(target["labels"]) > n
-
-
-def test_copy_paste_puts_the_shots_objects_on_known_negatives(project):
-    import random
-
-    from atom.data.loader import CopyPaste, DetectionDataset, KnownNegatives
-    from atom.data.version import open_version
-
-    version = open_version(project["datasets"], "sample")
-    negatives = KnownNegatives(version, "train", 128, "none", ["bus"])  # letterbox only: items are repeatable
-    coco = version.coco("train", ["car"])
-    shot_ids = sorted({a["image_id"] for a in coco["annotations"]})[:2]
-    shots = DetectionDataset(version, "train", 128, None, shot_ids, ["car"])
-    random.seed(0)
-    assert torch.equal(CopyPaste(negatives, shots, p=0.0)[0][0], negatives[0][0])
-    pasted = CopyPaste(negatives, shots, p=1.0)
-    assert len(pasted.objects) == sum(len(shots.boxes[i]) for i in shot_ids) > 0
-    for i in range(min(len(negatives), 6)):
-        image, target, _ = pasted[i]
-        plain, plain_target, _ = negatives[i]
-        boxes = target["boxes"]
-        assert len(boxes) == len(target["labels"]) >= 1 and set(target["labels"].tolist()) == {0}
-        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 128).all() and (boxes[:, 2:] > boxes[:, :2]).all()
-        # the picture changed only around the pasted boxes (their feathered margin)
-        changed = (image != plain).any(0).nonzero()
-        grown = torch.cat([boxes[:, :2] - boxes[:, 2:4].sub(boxes[:, :2]) * 0.2 - 2,
-                           boxes[:, 2:] + boxes[:, 2:4].sub(boxes[:, :2]) * 0.2 + 2], 1)
-        inside = [((changed[:, 1] >= b[0]) & (changed[:, 1] <= b[2]) & (changed[:, 0] >= b[1]) &
-                   (changed[:, 0] <= b[3])) for b in grown]
-        assert len(changed) and torch.stack(inside).any(0).all()
-        # a known negative is kept unless a paste covers it
-        kept = target["negatives"]
-        assert all(any(torch.equal(k, n) for n in plain_target["negatives"]) for k in kept)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -66,98 +65,6 @@ class KnownNegatives(Dataset):
     def __getitem__(self, i):
         image, target, meta = self.dataset[self.holding[i]]
         return image, {"boxes": target["boxes"][:0], "labels": target["labels"][:0], "negatives": target["boxes"]}, meta
-
-
-class CopyPaste(Dataset):
-    """Pastes the labeled objects of a few images (`shots`: the K shots' boxes, cut out with a feathered margin of
-    context) onto the items of `dataset` (known negatives): with probability `p`, 1 to `most` of them, at random
-    places, smaller than in their shot (SCALE), flipped at random. Ten photos show each new object in one
-    context; pasted onto the base data it is seen beside the cars and buses it must not be confused with. A known
-    negative box mostly covered by a paste is dropped (its locations would now teach the paste as background)."""
-
-    MARGIN = 0.15      # context around the box, as a share of its sides, faded in linearly
-    COVERED = 0.5      # a negative box with more of its area under pastes is dropped
-    SCALE = (0.3, 1.0)  # pasted size / letterboxed size in its shot (capped to fit): smaller, so the base data's
-                        # scene shows around it (the vehicles shots are mostly close-ups)
-
-    def __init__(self, dataset: Dataset, shots: DetectionDataset, p: float, most: int = 3):
-        self.dataset, self.p, self.most, self.input_size = dataset, p, most, shots.input_size
-        self.objects = []  # (HxWx3 float crop, HxW alpha, box within the crop, label, letterbox scale)
-        for info in shots.images:
-            image = read_rgb(shots.version.root / info["file_name"])
-            h, w = image.shape[:2]
-            for x0, y0, x1, y1, label in shots.boxes[info["id"]]:
-                mx, my = (x1 - x0) * self.MARGIN, (y1 - y0) * self.MARGIN
-                cx0, cy0 = int(max(x0 - mx, 0)), int(max(y0 - my, 0))
-                cx1, cy1 = int(min(np.ceil(x1 + mx), w)), int(min(np.ceil(y1 + my), h))
-                if cx1 - cx0 < 2 or cy1 - cy0 < 2:
-                    continue
-                box = np.array([x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0], np.float32)
-                self.objects.append((image[cy0:cy1, cx0:cx1], box, int(label), self.input_size / max(h, w)))
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        image, target, meta = self.dataset[i]
-        if not self.objects or random.random() >= self.p:
-            return image, target, meta
-        canvas = image.permute(1, 2, 0).numpy().copy()
-        filled = np.argwhere(canvas.max(-1) > 0)  # paste onto the picture, not the letterbox padding
-        (top, left), (bottom, right) = (filled.min(0), filled.max(0) + 1) if len(filled) else ((0, 0), canvas.shape[:2])
-        boxes, labels = [], []
-        for crop, box, label, scale in random.choices(self.objects, k=random.randint(1, self.most)):
-            f = min(scale * random.uniform(*self.SCALE), (bottom - top) / crop.shape[0], (right - left) / crop.shape[1])
-            h, w = round(crop.shape[0] * f), round(crop.shape[1] * f)
-            if min(h, w) < 4:
-                continue
-            piece = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-            b = box * np.array([w / crop.shape[1], h / crop.shape[0]] * 2, np.float32)
-            if random.random() < 0.5:
-                piece, b = piece[:, ::-1], np.array([w - b[2], b[1], w - b[0], b[3]], np.float32)
-            for _ in range(5):  # a place where it hides no earlier paste (whose box would be wrong)
-                y, x = random.randint(top, bottom - h), random.randint(left, right - w)
-                if not any(_overlap(b + np.array([x, y, x, y], np.float32), other) for other in boxes):
-                    break
-            else:
-                continue
-            alpha = self._feather(h, w, b)
-            region = canvas[y:y + h, x:x + w]
-            region[:] = alpha[..., None] * piece + (1 - alpha[..., None]) * region
-            boxes.append(b + np.array([x, y, x, y], np.float32))
-            labels.append(label)
-        if not boxes:
-            return image, target, meta
-        pasted = torch.as_tensor(np.stack(boxes))
-        negatives = target["negatives"]
-        if len(negatives):
-            covered = torch.zeros(len(negatives))
-            for x0, y0, x1, y1 in pasted.tolist():  # pastes may overlap each other: an upper bound is enough
-                w = (negatives[:, 2].clamp(max=x1) - negatives[:, 0].clamp(min=x0)).clamp(min=0)
-                h = (negatives[:, 3].clamp(max=y1) - negatives[:, 1].clamp(min=y0)).clamp(min=0)
-                covered += w * h
-            area = (negatives[:, 2] - negatives[:, 0]) * (negatives[:, 3] - negatives[:, 1])
-            negatives = negatives[covered <= self.COVERED * area]
-        target = {"boxes": torch.cat([target["boxes"], pasted]),
-                  "labels": torch.cat([target["labels"], torch.tensor(labels, dtype=torch.long)]),
-                  "negatives": negatives}
-        return torch.from_numpy(canvas).permute(2, 0, 1).contiguous(), target, meta
-
-    @staticmethod
-    def _feather(h: int, w: int, box: np.ndarray) -> np.ndarray:
-        """1 inside the box, fading linearly to 0 at the crop's edge (no hard rectangle for the model to learn)."""
-        def ramp(n, lo, hi):
-            t = np.arange(n, dtype=np.float32) + 0.5
-            return np.clip(np.minimum(t / max(lo, 1.0), (n - t) / max(n - hi, 1.0)), 0, 1)
-        return np.outer(ramp(h, box[1], box[3]), ramp(w, box[0], box[2]))
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two xyxy boxes share more than a tenth of the smaller one's area."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return w > 0 and h > 0 and w * h > 0.1 * smaller
 
 
 class MixedBatches(Sampler):
