@@ -36,8 +36,9 @@ DATASETS = {  # source format, base classes, novel classes, base-training experi
 VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the rest measure the recipe's choices
     "generalized": [],  # the default recipe: base + novel classes
     # reference: the same shots from the ImageNet backbone alone: no base detector, no base data
-    "imagenet": ["mode=novel", "fewshot.negatives=0"],
+    "imagenet": ["mode=novel", "fewshot.negatives=0", "fewshot.head_init=fresh"],
     "no-negatives": ["fewshot.negatives=0"],  # without the base data's boxes as known background
+    "fresh-head": ["fewshot.head_init=fresh"],  # the new head's FPN, towers and box regression start random
     "detector": ["fewshot.transfer=detector"],  # the novel head starts from the base detector (TFA-style)
     "novel-detector": ["mode=novel", "fewshot.transfer=detector"],
     "cosine": ["fewshot.classifier=cosine"],

@@ -57,10 +57,10 @@ def adapt(cfg: DictConfig) -> dict:
         if not len(negatives):
             raise fewshot.AdaptationError(f"{base_data.root}: no box of base model {base_ref.uri}'s classes "
                                           f"{base.spec.classes} to learn from; set fewshot.negatives=0")
-    detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone, fs.classifier)
+    detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone, fs.classifier, fs.head_init)
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
-    log.info("adapting %s to %s (%s, transfer %s, %d shot images, %d steps)", base_ref.uri, plan.new_classes,
-             cfg.mode, fs.transfer, len(images), steps)
+    log.info("adapting %s to %s (%s, transfer %s, head from %s, %d shot images, %d steps)", base_ref.uri,
+             plan.new_classes, cfg.mode, fs.transfer, fs.head_init, len(images), steps)
 
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -71,8 +71,8 @@ def adapt(cfg: DictConfig) -> dict:
         train_set = Mosaic(train_set, fs.mosaic)
     parts = [(train_set, fs.batch_size)] + ([(negatives, fs.negatives)] if negatives is not None else [])
     batches = MixedBatches([len(d) for d, _ in parts], [n for _, n in parts], steps)
-    loader = DataLoader(ConcatDataset([d for d, _ in parts]), batch_sampler=batches, collate_fn=collate, num_workers=fs.num_workers,
-                        persistent_workers=fs.num_workers > 0)
+    loader = DataLoader(ConcatDataset([d for d, _ in parts]), batch_sampler=batches, collate_fn=collate,
+                        num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0)
     module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim)
     throughput = TrainThroughput()
     trainer = pl.Trainer(logger=logger, callbacks=[throughput], max_steps=steps, max_epochs=1,
@@ -82,8 +82,9 @@ def adapt(cfg: DictConfig) -> dict:
     detector = module.detector.eval()
 
     extra = {"shots": cfg.shots, "seed": cfg.seed, "mode": cfg.mode, "transfer": fs.transfer,
-             "shot_images": len(images), "negative_pool": len(negatives) if negatives is not None else 0,
-             "steps": steps, "train_images_per_s": round(throughput.images_per_s, 2)}
+             "head_init": fs.head_init, "shot_images": len(images),
+             "negative_pool": len(negatives) if negatives is not None else 0, "steps": steps,
+             "train_images_per_s": round(throughput.images_per_s, 2)}
     metrics, predictions = {}, None
     if version.has_split(cfg.eval_split):
         metrics, predictions = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger, extra)
@@ -94,7 +95,7 @@ def adapt(cfg: DictConfig) -> dict:
 
     tags = {**tracking.lineage_tags(version), "base.model": base_ref.uri, "fewshot.mode": cfg.mode,
             "fewshot.shots": str(cfg.shots), "fewshot.seed": str(cfg.seed), "fewshot.transfer": fs.transfer,
-            "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")),
+            "fewshot.head_init": fs.head_init, "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")),
             "fewshot.split": cfg.data.train_split}
     if metrics:
         key = cfg.eval_split.replace("+", "_")  # MLflow names allow no "+"

@@ -102,6 +102,29 @@ def test_novel_adaptation(project, base_model):
         assert torch.allclose(ours[name], theirs[name], atol=1e-2)
 
 
+@pytest.mark.parametrize("mode", ["generalized", "novel"])
+def test_the_new_head_starts_from_the_base_head_or_fresh(project, base_model, mode):
+    """head_init=base: the new head's FPN (its own, on the ImageNet backbone), towers and box regression start as
+    the base detector's; fresh: random. The new classifier starts at the focal-loss prior either way."""
+    import math
+
+    from atom import fewshot, tracking
+
+    base = tracking.load_detector(tracking.resolve_model(base_model))
+    plan = fewshot.Plan(mode, list(base.spec.classes), ["pedestrian"])
+    new = len(base.heads) if mode == "generalized" else 0
+    convs = lambda m: {k: v for k, v in m.state_dict().items() if v.ndim == 4}  # noqa: E731
+    for head_init in fewshot.HEAD_INITS:
+        detector = fewshot.build(base, plan, "imagenet", head_init=head_init)
+        neck = detector.own_features[str(new)].neck if mode == "generalized" else detector.neck
+        pairs = [(neck, base.neck), (detector.heads[new].towers, base.heads[0].towers),
+                 (detector.heads[new].reg, base.heads[0].reg)]
+        same = [torch.equal(v, convs(theirs)[k]) for ours, theirs in pairs for k, v in convs(ours).items()]
+        assert len(same) > 6 and (all(same) if head_init == "base" else not any(same))
+        prior = -math.log(99)
+        assert all(torch.allclose(c.bias, torch.full_like(c.bias, prior)) for c in detector.heads[new].cls)
+
+
 def test_adapted_models_are_registered_apart_from_trained_ones():
     """`atom adapt` must not add versions to, or move the alias of, the model `atom train` registers for the data."""
     from recipes import compose
@@ -118,6 +141,7 @@ def test_adapted_models_are_registered_apart_from_trained_ones():
     ({"mode": "sideways"}, "mode 'sideways'"),
     ({"fewshot.transfer": "features"}, "transfer 'features'"),
     ({"fewshot.classifier": "softmax"}, "classifier 'softmax'"),
+    ({"fewshot.head_init": "pretrained"}, "head_init 'pretrained'"),
     ({"fewshot.transfer": "detector", "fewshot.unfreeze_backbone": "true"}, "use transfer=imagenet or mode=novel"),
 ])
 def test_bad_requests_fail_before_training(project, base_model, extra, message):
