@@ -71,8 +71,11 @@ def train(cfg: DictConfig) -> dict:
     # Evaluation, registration and export work on CPU in the standard memory layout, wherever training ran.
     detector = module.detector.cpu().to(memory_format=torch.contiguous_format).eval()
 
+    best_val = checkpoint.best_model_score
     metrics, _ = evaluate_and_log(detector, version, test_split, run_dir, logger, {
-        "epochs": trainer.current_epoch, "train_images_per_s": round(throughput.images_per_s, 2)})
+        "epochs": trainer.current_epoch, "train_images_per_s": round(throughput.images_per_s, 2),
+        "best_val_mAP50": float(best_val) if best_val is not None else None,
+        "parameters_M": round(sum(p.numel() for p in detector.parameters()) / 1e6, 3)})
 
     ref = tracking.register_detector(detector, run_id, cfg.tracking.model_name, {
         **tracking.lineage_tags(version),

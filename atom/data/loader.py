@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -30,11 +31,22 @@ class DetectionDataset(Dataset):
             x, y, w, h = a["bbox"]
             self.boxes[a["image_id"]].append((x, y, x + w, y + h, a["category_id"] - 1))
         self.transform = build_policy(policy, input_size) if policy else None
+        self._seeded_in: int | None = None  # the process whose torch seed the augmentation's random state follows
 
     def __len__(self):
         return len(self.images)
 
+    def _seed_augmentation(self):
+        """albumentations keeps a random state of its own, seeded from OS entropy unless told otherwise, so global
+        seeds never reached it and two runs of one seed differed. Seed it from torch's seed of the process that
+        reads the item: `seed_everything(workers=True)` makes that reproducible in the main process and in every
+        DataLoader worker (each worker a different stream)."""
+        if self.transform is not None and self._seeded_in != os.getpid():
+            self.transform.set_random_seed(torch.initial_seed() % 2**32)
+            self._seeded_in = os.getpid()
+
     def __getitem__(self, i):
+        self._seed_augmentation()
         info = self.images[i]
         image = read_rgb(self.version.root / info["file_name"])
         rows = np.array(self.boxes[info["id"]], np.float32).reshape(-1, 5)

