@@ -4,8 +4,8 @@ For each K and seed: K images per novel class are drawn from the train split, th
 train split with the novel classes' boxes removed) is adapted, and the result is scored on val+test. Printed per
 variant and K: mean ± std over seeds of nAP50 (novel classes) and bAP50 (base classes), and the wall time of one
 adaptation. References: the base detector before adaptation, and the same detector trained on the full train
-split with every class (full data). Every run is appended to <output>/<dataset>-runs.jsonl as it finishes, with
-the git commit; the table covers the logged runs of the current commit.
+split with every class (full data). Every run and reference is recorded in benchmarks/results/fewshot.jsonl as it
+finishes (benchmarks/history.py); the table covers the recorded runs of the current commit.
 
     .venv/bin/python benchmarks/fewshot.py vehicles                       # K 1 5 10 30, 5 seeds, main variants
     .venv/bin/python benchmarks/fewshot.py bccd --shots 10 --seeds 3 --variants generalized unfreeze mosaic
@@ -27,11 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atom import PROJECT_ROOT  # noqa: E402
+from benchmarks import history, shared  # noqa: E402
 
-SHARED = PROJECT_ROOT.parent / "shared" / "datasets"
-DATASETS = {  # source format, base classes, novel classes, base-training experiment (conf/experiment/)
-    "vehicles": {"format": "yolo", "novel": ["Motorcycle", "Ambulance"], "experiment": "vehicles_base"},
-    "bccd": {"format": "voc", "novel": ["Platelets"], "experiment": "bccd_base"},
+DATASETS = {  # novel classes, base-training experiment (conf/experiment/); the others are base classes
+    "vehicles": {"novel": ["Motorcycle", "Ambulance"], "experiment": "vehicles_base"},
+    "bccd": {"novel": ["Platelets"], "experiment": "bccd_base"},
 }
 VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the rest measure the recipe's choices
     "generalized": [],  # the default recipe: base + novel classes
@@ -63,15 +63,14 @@ def main() -> int:
     ap.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra adapt override for every run (repeatable); the table covers runs with the same")
     args = ap.parse_args()
-    source = SHARED / args.dataset
-    if not source.exists():
-        print(f"skipped: {source} not found (the benchmark needs ../shared/datasets/{args.dataset})")
+    if not shared.available(args.dataset):
+        print(f"skipped: {shared.SHARED / args.dataset} not found (the benchmark needs it)")
         return 0
 
     from atom import tracking
-    from atom.data.formats import read_source
-    from atom.data.version import write_version
     from atom.evaluation import evaluate
+    from omegaconf import OmegaConf
+
     from recipes import compose
     from recipes.adapt import adapt
     from recipes.train import train
@@ -79,7 +78,7 @@ def main() -> int:
     setup = DATASETS[args.dataset]
     out = Path(args.output)
     common = [f"paths.datasets={out / 'datasets'}", f"paths.output_dir={out}"]
-    version, _ = write_version(read_source(setup["format"], source), out / "datasets", args.dataset)
+    version = shared.import_shared(args.dataset, out / "datasets")
     tracking.configure(out)
 
     def reference(ref: str | None, name: str, extra: list[str]) -> str:
@@ -93,17 +92,21 @@ def main() -> int:
 
     base_ref = reference(args.base, f"atom-{args.dataset}-base", [])
     full_ref = None if args.full == "skip" else reference(args.full, f"atom-{args.dataset}-full", ["data.classes=null"])
-    refs, cache = {}, out / f"{args.dataset}-references.json"  # a model's AP50 per class, evaluated once
-    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    refs = {}  # a reference model's AP50 per class, evaluated once and recorded in the history
+    recorded = history.load("fewshot")
     for label, ref in [("base", base_ref)] + ([("full", full_ref)] if full_ref else []):
         model = tracking.resolve_model(ref)
-        key = f"{model.uri} on {EVAL_SPLIT} of {version.fingerprint}"
-        if key not in cached:
+        key = {"dataset": args.dataset, "reference": label, "model": model.uri, "run_id": model.run_id,
+               "split": EVAL_SPLIT, "fingerprint": version.fingerprint}
+        row = next((r for r in recorded if r["setup"] == key), None)
+        if row is None:
             detector = tracking.load_detector(model)
             metrics = evaluate(detector, detector.spec, version, EVAL_SPLIT)[0]
-            cached[key] = {c: round(v["AP50"], 4) for c, v in metrics["per_class"].items()}
-            cache.write_text(json.dumps(cached, indent=1))
-        refs[label] = {"model": ref, "AP50": cached[key]}
+            row = history.record("fewshot", key, {f"AP50_{c}": round(v["AP50"], 4)
+                                                    for c, v in metrics["per_class"].items()},
+                                 {"trained_at": model.tags.get("git.commit")})
+        refs[label] = {"model": ref, "trained_at": row["config"].get("trained_at"),
+                       "AP50": {k.removeprefix("AP50_"): v for k, v in row["numbers"].items()}}
     base_classes = [c for c in version.classes if c not in setup["novel"]]
     mean_ap = lambda ap, classes: statistics.fmean(ap[c] for c in classes)  # noqa: E731
     full_nap = mean_ap(refs["full"]["AP50"], setup["novel"]) if full_ref else float("nan")
@@ -112,7 +115,6 @@ def main() -> int:
     print(f"references on {EVAL_SPLIT}: base detector bAP50 {base_bap:.3f}; full data nAP50 {full_nap:.3f} "
           f"bAP50 {full_bap:.3f}  {json.dumps(refs)}")
 
-    log = out / f"{args.dataset}-runs.jsonl"
     commit = tracking.git_commit()
     for variant in [] if args.report else args.variants:
         for k in args.shots:
@@ -123,17 +125,18 @@ def main() -> int:
                                         f"classes=[{','.join(setup['novel'])}]", *VARIANTS[variant], *args.overrides])
                 t = time.perf_counter()
                 result = adapt(cfg)
-                row = {"dataset": args.dataset, "variant": variant, "shots": k, "seed": seed, "commit": commit,
-                       "wall_s": round(time.perf_counter() - t, 1), "nAP50": round(result["nAP50"], 4),
-                       "bAP50": round(result["bAP50"], 4) if "bAP50" in result else None,
-                       "transfer": result["transfer"], "steps": result["steps"],
-                       "shot_images": result["shot_images"], "overrides": args.overrides}
-                with log.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+                numbers = {"nAP50": round(result["nAP50"], 4), "wall_s": round(time.perf_counter() - t, 1),
+                           "steps": result["steps"], "shot_images": result["shot_images"]}
+                if "bAP50" in result:
+                    numbers["bAP50"] = round(result["bAP50"], 4)
+                row = history.record("fewshot", {"dataset": args.dataset, "variant": variant, "shots": k,
+                                                 "overrides": args.overrides, "seed": seed}, numbers,
+                                     {"base": base_ref, "full": full_ref, "adapt": OmegaConf.to_container(cfg)})
+                print(json.dumps(row["setup"] | row["numbers"]), flush=True)
 
-    logged = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    rows = [r for r in logged if r.get("commit") == commit and r.get("overrides", []) == args.overrides]
+    rows = [{**r["setup"], **r["numbers"]} for r in history.load("fewshot")
+            if r["commit"] == commit and "variant" in r["setup"] and r["setup"]["dataset"] == args.dataset
+            and r["setup"].get("overrides", []) == args.overrides]
     n_eval = len(version.coco(EVAL_SPLIT)["images"])
     print(f"\n{args.dataset}, runs of commit {commit[:10]}: {EVAL_SPLIT} ({n_eval} images), novel {setup['novel']}, "
           f"base {base_classes}")
@@ -147,7 +150,7 @@ def main() -> int:
             if not group:
                 continue
             nap = [r["nAP50"] for r in group]
-            bap = [r["bAP50"] for r in group if r["bAP50"] is not None]
+            bap = [r["bAP50"] for r in group if r.get("bAP50") is not None]
             delta = f"{statistics.fmean(bap) - base_bap:+.3f}" if bap else "-"
             print(f"{variant:<14} {k:>3} {len(group):>5} {fmt(nap):>14} {statistics.fmean(nap) / full_nap:>8.0%} "
                   f"{fmt(bap):>14} {delta:>7} {statistics.fmean(r['wall_s'] for r in group):>7.1f}")

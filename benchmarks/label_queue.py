@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from atom import PROJECT_ROOT  # noqa: E402
+from benchmarks import history  # noqa: E402
 
 SHARED = PROJECT_ROOT.parent / "shared" / "datasets" / "vehicles"
 
@@ -101,7 +102,10 @@ def main() -> int:
         results[f"queue_N{n}"] = run(f"queue-{n}", seed | set(queue[:extra]))
         results[f"random_N{n}"] = run(f"random-{n}", seed | set(shuffled[:extra]))
     print(json.dumps(results, indent=1))
-    (out / "label_queue.json").write_text(json.dumps(results, indent=1))
+    rows = [history.record("label_queue", {"order": name.split("_")[0], "n": r["train_images"], "seed_images":
+                                           args.seed_images, "images_seen": args.images_seen},
+                           {k: v for k, v in r.items() if k != "model"}) for name, r in results.items()]
+    print("\n".join(history.compare("label_queue", rows)))
     return 0
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from benchmarks import history  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +67,8 @@ def main() -> int:
         finally:
             server.stop()
     print(json.dumps(numbers, indent=1))
+    rows = [history.record("labelstudio", {"tasks": args.tasks}, numbers)]
+    print("\n".join(history.compare("labelstudio", rows)))
     return 0
 
 

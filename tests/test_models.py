@@ -209,3 +209,24 @@ def test_mosaic_tiles_four_items_at_half_size(project):
     quadrant = (target["boxes"][:, :2] // 64).long()
     assert torch.equal(quadrant, ((target["boxes"][:, 2:] - 1e-3) // 64).long())
     assert len(target["boxes"]) == len(target["labels"]) > n
+
+
+def test_static_same_padding_matches_timm_on_even_inputs():
+    """The backbone's stride-2 TF-"same" convolutions pad statically (no shape operations in the exported graph)
+    and compute exactly what timm's dynamic Conv2dSame computes on the even-sized maps a detector feeds them."""
+    import timm
+    from timm.layers import Conv2dSame
+
+    from atom.models.backbones import EvenInputSameConv2d
+
+    dynamic = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
+                                out_indices=(2, 3, 4)).eval()
+    static = create_backbone("tf_efficientnet_lite0", pretrained=False).eval()
+    static.load_state_dict(dynamic.state_dict())
+    assert any(isinstance(m, Conv2dSame) for m in dynamic.modules())
+    assert not any(isinstance(m, Conv2dSame) for m in static.modules())
+    assert sum(isinstance(m, EvenInputSameConv2d) for m in static.modules()) == 5
+    x = torch.rand(2, 3, 160, 224)
+    with torch.no_grad():
+        for a, b in zip(dynamic(x), static(x)):
+            assert torch.equal(a, b)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers import Conv2dSame
 from torch import nn
 
 
@@ -91,9 +93,40 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
+class EvenInputSameConv2d(nn.Conv2d):
+    """A TF-"same" convolution with stride 2 on inputs of even size, whose padding is then always the same:
+    (k - 2) // 2 before, the rest after. timm's Conv2dSame computes it from the input's shape at run time, which an
+    exported graph repeats as a dozen shape operations per convolution. The detector's input size is a multiple of
+    32, so every map that reaches a stride-2 convolution has an even size."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                         conv.groups, conv.bias is not None)
+        self.load_state_dict(conv.state_dict())
+        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+        ph, pw = (kh - 1) * dh - 1, (kw - 1) * dw - 1
+        self.same_pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.same_pad))
+
+
+def static_same_padding(module: nn.Module) -> nn.Module:
+    """Replace timm's dynamic-padding stride-2 convolutions (Conv2dSame) by EvenInputSameConv2d, in place; the
+    parameter names stay the same."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, Conv2dSame) and tuple(child.stride) == (2, 2):
+            module._modules[name] = EvenInputSameConv2d(child)
+        else:
+            static_same_padding(child)
+    return module
+
+
 def create_backbone(name: str, out_indices=(2, 3, 4), pretrained: bool = True) -> nn.Module:
-    """A timm feature extractor returning a list of feature maps (strides 8/16/32 by default)."""
-    backbone = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
+    """A timm feature extractor returning a list of feature maps (strides 8/16/32 by default), for inputs whose
+    sides are multiples of 32."""
+    backbone = static_same_padding(timm.create_model(name, pretrained=False, features_only=True,
+                                                     out_indices=out_indices))
     if not pretrained:
         return backbone
     source = PRETRAINED.get(name)

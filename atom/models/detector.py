@@ -52,6 +52,8 @@ class DetectorSpec:
             self.mean, self.std = list(mean), list(std)
         if not self.classes:
             raise ValueError("a detector needs at least one class")
+        if self.input_size % 32:
+            raise ValueError(f"input_size {self.input_size} must be a multiple of 32 (the coarsest stride)")
         self.class_groups = list(self.class_groups) or [len(self.classes)]
         if sum(self.class_groups) != len(self.classes) or min(self.class_groups) < 1:
             raise ValueError(f"class_groups {self.class_groups} must split the {len(self.classes)} classes")
@@ -86,8 +88,8 @@ class LightFPN(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         lat = [conv(f) for conv, f in zip(self.lateral, feats)]
-        for i in range(len(lat) - 2, -1, -1):
-            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        for i in range(len(lat) - 2, -1, -1):  # a fixed factor, not the shape: no shape operations in the graph
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], scale_factor=2.0, mode="nearest")
         return [conv(x) for conv, x in zip(self.smooth, lat)]
 
 
@@ -222,7 +224,8 @@ class Detector(nn.Module):
     def _decode(levels):
         cls, reg, ctr, points, strides = [], [], [], [], []
         for (c, r), stride in zip(levels, STRIDES):
-            b, _, h, w = c.shape
+            # Python ints: an exported graph holds the locations as constants (only the batch size varies).
+            h, w = int(c.shape[-2]), int(c.shape[-1])
             cls.append(c.flatten(2).transpose(1, 2))
             r = r.flatten(2).transpose(1, 2)
             reg.append(F.softplus(r[..., :4]) * stride)
