@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: venv demo test bench
+.PHONY: venv demo test bench bench-latency
 venv: $(VENV)/.installed
 
 # torch/torchvision first, pinned: on our machines these exact builds come from local disk.
@@ -30,5 +30,19 @@ $(LS_VENV)/.installed:
 test: venv $(LS_VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# Benchmarks print numbers, record them in benchmarks/results/ and compare them with the last recorded run.
 bench: venv
-	$(PY) benchmarks/vehicles.py
+	$(PY) benchmarks/train.py
+
+# A peer detector for side-by-side latency (Ultralytics' YOLOv8n): its own environment that sees the project's
+# packages, so Ultralytics is never a dependency of ATOM.
+PEERS ?= .venv-peers
+$(PEERS)/.installed: $(VENV)/.installed
+	python3 -m venv $(PEERS)
+	$(PEERS)/bin/python -c "import site, sys; open(site.getsitepackages()[0] + '/atom-project.pth', 'w').write(sys.argv[1])" \
+		"$$($(PY) -c 'import site; print(site.getsitepackages()[0])')"
+	$(PEERS)/bin/python -m pip install -q --no-deps ultralytics ultralytics-thop py-cpuinfo
+	touch $@
+
+bench-latency: $(PEERS)/.installed
+	$(PEERS)/bin/python benchmarks/latency.py --models lite0 lite1 lite2

@@ -26,10 +26,11 @@ class ExportFormat:
 
 
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("exporters.onnx", "model.onnx", {"opset": 17, "dynamic_batch": True, "threads": 2},
-                         ("onnx", "onnxruntime")),
+    "onnx": ExportFormat("exporters.onnx", "model.onnx",
+                         {"opset": 17, "dynamic_batch": True, "simplify": True, "threads": 2},
+                         ("onnx", "onnxruntime", "onnxslim")),
     "tensorrt": ExportFormat("exporters.tensorrt", "model.engine",
-                             {"opset": 17, "fp16": True, "workspace_gb": 2, "max_batch": 8},
+                             {"opset": 17, "simplify": True, "fp16": True, "workspace_gb": 2, "max_batch": 8},
                              ("tensorrt", "onnx")),
 }
 

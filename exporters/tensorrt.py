@@ -13,11 +13,11 @@ import torch
 from exporters import onnx as onnx_export
 
 
-def export(detector, sample: torch.Tensor, out_dir: Path, opset: int = 17, fp16: bool = True,
+def export(detector, sample: torch.Tensor, out_dir: Path, opset: int = 17, simplify: bool = True, fp16: bool = True,
            workspace_gb: float = 2, max_batch: int = 8, **_) -> Path:
     import tensorrt as trt
 
-    onnx_path = onnx_export.export(detector, sample, out_dir, opset=opset, dynamic_batch=True)
+    onnx_path = onnx_export.export(detector, sample, out_dir, opset=opset, dynamic_batch=True, simplify=simplify)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
