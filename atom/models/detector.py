@@ -39,7 +39,7 @@ class DetectorSpec:
     # classifier) instead of a linear 1x1 conv. A tuple for the same reason.
     cosine_heads: tuple[int, ...] = ()
     freeze_stages: int = 2  # backbone stages (after the stem) kept frozen; -1 freezes nothing
-    freeze_bn: bool = True  # keep backbone BatchNorm in eval mode (small batches on CPU)
+    freeze_bn: bool = False  # keep backbone BatchNorm in eval mode (conf/model/lite0.yaml: measured worse)
     score_thresh: float = 0.05
     nms_iou: float = 0.6
     max_detections: int = 100
