@@ -33,7 +33,8 @@ MARGIN = {"min": 0.05, "stds": 3}
 
 
 def _paths(dirs: dict, run_name: str) -> list[str]:
-    return [f"paths.datasets={dirs['datasets']}", f"paths.output_dir={dirs['outputs']}", f"run_name={run_name}"]
+    return [f"paths.datasets={dirs['datasets']}", f"paths.output_dir={dirs['outputs']}", f"run_name={run_name}",
+            *dirs.get("overrides", [])]
 
 
 def train_run(dirs: dict, seed: int, experiment: str = "vehicles") -> dict:
@@ -64,6 +65,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--only", choices=["train", "adapt"], help="one of the two guards")
+    ap.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Hydra override for every run, e.g. threads=1 beside another benchmark (repeatable)")
     args = ap.parse_args()
     if not shared.available("vehicles"):
         print(f"skipped: {shared.SHARED / 'vehicles'} not found")
@@ -71,14 +74,15 @@ def main() -> int:
     values: dict[str, list[float]] = {"train_test_mAP50": [], "adapt_nAP50": []}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = {"datasets": Path(tmp) / "datasets", "outputs": Path(tmp) / "outputs"}
+        dirs = {"datasets": Path(tmp) / "datasets", "outputs": Path(tmp) / "outputs", "overrides": args.overrides}
         shared.import_shared("vehicles", dirs["datasets"])
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             if args.only in (None, "train"):
                 t = time.perf_counter()
                 r = train_run(dirs, seed)
                 values["train_test_mAP50"].append(r["mAP50"])
-                rows.append(history.record("guard", {"guard": "train", "epochs": EPOCHS, "seed": seed}, {
+                rows.append(history.record("guard", {"guard": "train", "epochs": EPOCHS, "seed": seed,
+                                                            "overrides": args.overrides}, {
                     "test_mAP50": round(r["mAP50"], 4), "test_mAP50_95": round(r["mAP50_95"], 4),
                     "wall_min": round((time.perf_counter() - t) / 60, 2)}))
                 print(rows[-1]["numbers"], flush=True)
@@ -87,7 +91,8 @@ def main() -> int:
                 base = base_run(dirs, seed)
                 r = adapt_run(dirs, base, seed)
                 values["adapt_nAP50"].append(r["nAP50"])
-                rows.append(history.record("guard", {"guard": "adapt", "epochs": EPOCHS, "shots": 10, "seed": seed}, {
+                rows.append(history.record("guard", {"guard": "adapt", "epochs": EPOCHS, "shots": 10,
+                                                            "seed": seed, "overrides": args.overrides}, {
                     "nAP50": round(r["nAP50"], 4), "bAP50": round(r["bAP50"], 4),
                     "wall_min": round((time.perf_counter() - t) / 60, 2)}))
                 print(rows[-1]["numbers"], flush=True)
