@@ -30,6 +30,30 @@ def test_every_experiment_composes(experiment):
     assert cfg.data.name and cfg.model.backbone and cfg.trainer.accelerator == "cpu"
 
 
+SIZES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_every_model_size_builds_with_its_imagenet_weights(size):
+    """The ladder (model=lite0|lite1|lite2): each composes, loads its offline ImageNet weights and detects at its
+    own input size; a larger size is a larger network."""
+    import torch
+
+    from atom.models.backbones import PRETRAINED
+    from atom.models.detector import Detector, DetectorSpec
+
+    spec = compose("train", [f"model={size}"]).model
+    assert spec.backbone in PRETRAINED and spec.input_size % 32 == 0
+    detector = Detector(DetectorSpec(**spec, classes=["a", "b"])).eval()
+    with torch.no_grad():
+        boxes, scores = detector(torch.zeros(1, 3, spec.input_size, spec.input_size))
+    assert boxes.shape[-1] == 4 and scores.shape[-1] == 2
+    params = {s: sum(p.numel() for p in Detector(DetectorSpec(**{**compose("train", [f"model={s}"]).model,
+                                                                 "classes": ["a"], "pretrained": False})).parameters())
+              for s in SIZES}
+    assert list(params.values()) == sorted(params.values()), params
+
+
 def test_gpu_trainer_config_sets_mixed_precision():
     cfg = compose("train", ["trainer=gpu"])
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "16-mixed"
