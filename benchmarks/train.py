@@ -5,6 +5,7 @@ table (mean ± std over seeds) is set beside the last recorded runs of the same 
 
     .venv/bin/python benchmarks/train.py                                     # vehicles, lite0, seed 0, exported
     .venv/bin/python benchmarks/train.py --models lite0 lite1 lite2 --seeds 3   # the model-size ladder
+    .venv/bin/python benchmarks/train.py --report --models lite0 lite1 lite2   # the table of recorded runs
     .venv/bin/python benchmarks/train.py --data vehicles --seeds 2 --no-export \\
         --override trainer.max_epochs=6 --override model.freeze_bn=false     # a screening of one setting
 """
@@ -85,7 +86,20 @@ def main() -> int:
     ap.add_argument("--output", default=str(PROJECT_ROOT / "outputs" / "benchmarks"))
     ap.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a Hydra override for every run (repeatable)")
+    ap.add_argument("--report", action="store_true", help="train nothing: the table of the recorded runs of the "
+                    "current commit (or --commit) for --data and --models, e.g. after runs made one at a time")
+    ap.add_argument("--commit", help="with --report: the commit (a prefix) whose runs to show")
     args = ap.parse_args()
+    if args.report:
+        from atom.tracking import git_commit
+
+        commit = args.commit or git_commit()
+        rows = [r for r in history.load("train") if r["commit"].startswith(commit)
+                and r["setup"]["data"] in args.data and r["setup"]["model"] in args.models
+                and r["setup"]["overrides"] == args.overrides]
+        print(f"recorded runs of commit {commit[:12]}" + (f", overrides {args.overrides}" if args.overrides else ""))
+        print("\n".join(table(rows)) if rows else "none")
+        return 0
     out = Path(args.output)
     rows = []
     for data in args.data:
