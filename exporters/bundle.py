@@ -17,7 +17,7 @@ import torch
 from torchvision.ops import box_iou
 
 import atom
-from atom.data.version import DatasetVersion, sha256_file
+from atom.data.version import DatasetVersion, make_readable, sha256_file
 from atom.evaluation import coco_evaluate, predict_split
 from atom.models.detector import PRE_NMS_TOP_K
 from atom.tracking import ModelRef
@@ -197,6 +197,7 @@ def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: s
         doc = manifest(format_name, model_file.name, detector, ref, version, report, tracking_uri, args)
         doc["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1))
+        make_readable(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

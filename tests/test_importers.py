@@ -209,17 +209,40 @@ def test_interrupted_write_leaves_previous_version_intact(sample_export, tmp_pat
     calls = {"n": 0}
     real_place = version_module._place
 
-    def failing_place(src, dst):  # the disk fills up half-way through copying images
+    def failing_place(src, dst, sha):  # the disk fills up half-way through copying images
         calls["n"] += 1
         if calls["n"] > 5:
             raise OSError(28, "No space left on device")
-        real_place(src, dst)
+        real_place(src, dst, sha)
 
     monkeypatch.setattr(version_module, "_place", failing_place)
     with pytest.raises(OSError):
         write_version(read_source("labelstudio", sample_export), tmp_path, "s")
     assert open_version(tmp_path, "s").root == first.root
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted([first.root.name, "latest"])
+
+
+def test_a_version_does_not_change_when_its_source_image_is_overwritten(sample_export, tmp_path):
+    source_dir = tmp_path / "source"
+    shutil.copytree(sample_export.parent, source_dir)
+    version, _ = write_version(read_source("labelstudio", source_dir / sample_export.name), tmp_path / "d", "s")
+    image = version.coco("train")["images"][0]
+    stored = version.root / image["file_name"]
+    before = stored.read_bytes()
+    Path(image["source"]).write_bytes(b"overwritten by the camera's next frame")  # in place: same inode
+    assert stored.read_bytes() == before and version_module.sha256_file(stored) == image["sha256"]
+    assert not stored.stat().st_mode & 0o222  # read-only: an edit in the version folder needs intent
+
+
+def test_versions_get_the_umask_mode_not_mkdtemps_0700(sample_export, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        version, _ = write_version(read_source("labelstudio", sample_export), tmp_path, "s")
+    finally:
+        os.umask(old)
+    assert version.root.stat().st_mode & 0o777 == 0o755
 
 
 def test_nothing_usable_is_an_error_and_cli_exits_nonzero(tmp_path, capsys):

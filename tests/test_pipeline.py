@@ -108,6 +108,7 @@ def test_onnx_export_is_verified_and_logged(trained, project):
     result = export(_export_cfg(project, f"{name}/{version}"))
     bundle = Path(result["bundle"])
     manifest = json.loads((bundle / "manifest.json").read_text())
+    assert bundle.stat().st_mode & 0o077 != 0  # the umask's mode, not mkdtemp's 0700: serving users can read it
     for file, digest in manifest["files"].items():
         assert hashlib.sha256((bundle / file).read_bytes()).hexdigest() == digest
     assert set(manifest) >= {"model", "preprocess", "postprocess", "source"}

@@ -8,7 +8,9 @@
     datasets/<name>/latest                the newest version's id
 
 A version is written to a temporary folder and renamed into place, so it is either whole or absent; writing the
-same content again changes nothing. The fingerprint covers classes, splits, image bytes and boxes.
+same content again changes nothing. The fingerprint covers classes, splits, image bytes and boxes. Images are
+copies (reflinks where the filesystem has them), read-only and checked against the hash recorded at import: a later
+change to a source file cannot change a version.
 """
 
 from __future__ import annotations
@@ -133,12 +135,35 @@ def read_image_size(path: Path) -> tuple[int, int]:
         return ImageOps.exif_transpose(im).size
 
 
-def _place(src: Path, dst: Path) -> None:
+def _place(src: Path, dst: Path, sha: str) -> None:
+    """Copy src to dst, read-only, and check it is still the image that was validated and hashed."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    copy_file(src, dst)
+    os.chmod(dst, 0o444)
+    if sha256_file(dst) != sha:
+        raise DatasetError(f"{src}: the file changed while it was being imported; import again")
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """A copy that shares no storage with src once either changes: a reflink (copy-on-write) where the filesystem
+    supports it, else a plain copy. Never a hard link, which would let an edit of src change dst."""
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+        import fcntl
+
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            fcntl.ioctl(fout.fileno(), 0x40049409, fin.fileno())  # FICLONE
+        return
+    except (OSError, ImportError):
+        pass
+    shutil.copyfile(src, dst)
+
+
+def make_readable(path: Path) -> None:
+    """A folder made by mkdtemp is 0700 and keeps that mode through the rename into place: give it the mode
+    any other new folder would get (0777 less the process's umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
 
 
 def _validated_boxes(sample, width, height, class_ids, report: ImportReport) -> list[tuple[int, list[float]]]:
@@ -222,7 +247,7 @@ def write_version(
             if rel in used_names:  # same file name from different source folders
                 rel = f"images/{split}/{sample.image.stem}-{sha[:8]}{sample.image.suffix}"
             used_names.add(rel)
-            _place(sample.image, tmp / rel)
+            _place(sample.image, tmp / rel, sha)
             coco = cocos[split]
             image_id = len(coco["images"]) + 1
             coco["images"].append({"id": image_id, "file_name": rel, "width": width, "height": height,
@@ -248,6 +273,7 @@ def write_version(
         }
         (tmp / "card.json").write_text(json.dumps(card, indent=1))
         (tmp / "report.json").write_text(report.to_json())
+        make_readable(tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
