@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -84,6 +85,34 @@ def evaluate(detect: DetectFn, spec: DetectorSpec, version: DatasetVersion, spli
     results = predict_split(detect, spec, version, split)
     metrics, ev = coco_evaluate(version.coco(split, spec.classes), results)
     return metrics, results, ev
+
+
+def evaluate_and_log(detector, version: DatasetVersion, split: str, out_dir: Path, run_id: str,
+                     metric_prefix: str | None = None, artifact_path: str = "evaluation",
+                     extra: dict | None = None) -> tuple[dict, list]:
+    """The one evaluation of a detector that train, adapt and `atom evaluate` share: COCO metrics on `split` of the
+    version (classes and their order are the detector's, whatever the dataset has), written to out_dir/metrics.json
+    with the PR curves and a prediction grid, and logged to the MLflow run (metrics under `metric_prefix`, default
+    the split; files under `artifact_path`). Returns the metrics and the predictions (COCO results)."""
+    from mlflow import MlflowClient
+
+    metrics, results, ev = evaluate(detector, detector.spec, version, split)
+    metrics = {"split": split, **metrics, **(extra or {}), "dataset_fingerprint": version.fingerprint}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    classes = detector.spec.classes
+    files = [out_dir / "metrics.json", plot_pr_curves(ev, classes, out_dir / "pr_curves.png"),
+             prediction_grid(version, split, results, classes, out_dir / "predictions.jpg")]
+    client = MlflowClient()
+    prefix = metric_prefix or split.replace("+", "_")  # MLflow metric names allow no '+'
+    client.log_metric(run_id, f"{prefix}/mAP50", metrics["mAP50"])
+    client.log_metric(run_id, f"{prefix}/mAP50_95", metrics["mAP50_95"])
+    for name, ap in metrics["per_class"].items():
+        client.log_metric(run_id, f"{prefix}/AP50/{name}", ap["AP50"])
+    for f in files:
+        client.log_artifact(run_id, str(f), artifact_path)
+    return metrics, results
 
 
 def plot_pr_curves(ev, classes: list[str], path: Path) -> Path:

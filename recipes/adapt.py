@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import recipes  # noqa: F401  (registers the config resolvers)
-from recipes.common import evaluate_and_log, lineage_version, mlflow_logger
+from recipes.common import lineage_version, mlflow_logger
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,10 @@ def adapt(cfg: DictConfig) -> dict:
              "train_images_per_s": round(throughput.images_per_s, 2)}
     metrics, predictions = {}, None
     if version.has_split(cfg.eval_split):
-        metrics, predictions = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger, extra)
+        from atom.evaluation import evaluate_and_log
+
+        metrics, predictions = evaluate_and_log(detector, version, cfg.eval_split, run_dir, logger.run_id,
+                                                extra=extra)
         metrics.update(group_ap50(metrics, plan))
     files = {im["id"]: im["file_name"] for im in version.coco(cfg.data.train_split)["images"]}
     (run_dir / "shots.json").write_text(json.dumps({c: [files[i] for i in ids] for c, ids in shots.items()}, indent=1))

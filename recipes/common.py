@@ -1,5 +1,5 @@
 """What the recipes share: a registered model version with its dataset version; the MLflow run of a training
-(train, adapt) and its held-out evaluation."""
+(train, adapt)."""
 
 from __future__ import annotations
 
@@ -64,27 +64,6 @@ def mlflow_logger(cfg: DictConfig, version, run_dir: Path):
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     logger.experiment.log_artifact(logger.run_id, str(config_file))
     return logger, resuming
-
-
-def evaluate_and_log(detector, version, split: str, run_dir: Path, logger, extra: dict) -> tuple[dict, list]:
-    """COCO metrics on the held-out split (plus `extra`) in metrics.json, logged to the run with the PR curves
-    and a prediction grid. Returns the metrics and the predictions (COCO results)."""
-    from atom.evaluation import evaluate, plot_pr_curves, prediction_grid
-
-    metrics, results, ev = evaluate(detector, detector.spec, version, split)
-    metrics = {"split": split, **metrics, **extra, "dataset_fingerprint": version.fingerprint}
-    client, run_id = logger.experiment, logger.run_id
-    key = split.replace("+", "_")  # MLflow metric names allow no '+'
-    client.log_metric(run_id, f"{key}/mAP50", metrics["mAP50"])
-    client.log_metric(run_id, f"{key}/mAP50_95", metrics["mAP50_95"])
-    for name, ap in metrics["per_class"].items():
-        client.log_metric(run_id, f"{key}/AP50/{name}", ap["AP50"])
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    classes = detector.spec.classes
-    for artifact in (run_dir / "metrics.json", plot_pr_curves(ev, classes, run_dir / "pr_curves.png"),
-                     prediction_grid(version, split, results, classes, run_dir / "predictions.jpg")):
-        client.log_artifact(run_id, str(artifact), "evaluation")
-    return metrics, results
 
 
 def flat(d: dict, prefix: str = "") -> dict:

@@ -16,24 +16,13 @@ from recipes.common import load_registered
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from mlflow import MlflowClient
-
-    from atom.evaluation import evaluate as coco_eval
-    from atom.evaluation import plot_pr_curves, prediction_grid
+    from atom.evaluation import evaluate_and_log
 
     ref, detector, version = load_registered(cfg)
     split = cfg.split if version.has_split(cfg.split) else "val"
-    metrics, results, ev = coco_eval(detector, detector.spec, version, split)
     out = Path(cfg.output or Path(cfg.paths.output_dir) / "evaluations" / ref.name / f"v{ref.version}")
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = {"model": ref.uri, "split": split, **metrics, "dataset_fingerprint": version.fingerprint}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    plot_pr_curves(ev, version.classes, out / "pr_curves.png")
-    prediction_grid(version, split, results, version.classes, out / "predictions.jpg")
-    client = MlflowClient()
-    client.log_metric(ref.run_id, f"eval/{split}/mAP50", metrics["mAP50"])
-    client.log_metric(ref.run_id, f"eval/{split}/mAP50_95", metrics["mAP50_95"])
-    client.log_artifacts(ref.run_id, str(out), f"evaluation/{split}")
+    metrics, _ = evaluate_and_log(detector, version, split, out, ref.run_id, f"eval/{split.replace('+', '_')}",
+                                  f"evaluation/{split}", {"model": ref.uri})
     return {**metrics, "output": str(out)}
 
 

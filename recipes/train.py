@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import recipes  # noqa: F401  (registers the config resolvers)
-from recipes.common import evaluate_and_log, mlflow_logger
+from recipes.common import mlflow_logger
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ def train(cfg: DictConfig) -> dict:
     detector = module.detector.cpu().to(memory_format=torch.contiguous_format).eval()
 
     best_val = checkpoint.best_model_score
-    metrics, _ = evaluate_and_log(detector, version, test_split, run_dir, logger, {
+    from atom.evaluation import evaluate_and_log
+
+    metrics, _ = evaluate_and_log(detector, version, test_split, run_dir, logger.run_id, extra={
         "epochs": trainer.current_epoch, "train_images_per_s": round(throughput.images_per_s, 2),
         "best_val_mAP50": float(best_val) if best_val is not None else None,
         "parameters_M": round(sum(p.numel() for p in detector.parameters()) / 1e6, 3)})

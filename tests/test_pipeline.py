@@ -98,6 +98,18 @@ def test_evaluate_recipe_writes_metrics(trained, project):
     assert (Path(result["output"]) / "pr_curves.png").stat().st_size > 1000
 
 
+def test_evaluate_a_model_of_a_class_subset_in_its_own_order(project):
+    """A base model for few-shot knows only some of the dataset's classes, in its own order: evaluation, its
+    metrics and its PR-curve legend follow the model's classes (it once raised IndexError in the plot)."""
+    result = train(compose("train", ["experiment=sample", *tiny_overrides(project, "subset"),
+                                     "data.classes=[pedestrian,car]", "tracking.model_name=atom-sample-subset"]))
+    cfg = compose("evaluate", [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
+                               f"registered_model={result['model_name']}/{result['model_version']}"])
+    evaluated = evaluate(cfg)
+    assert list(evaluated["per_class"]) == ["pedestrian", "car"]
+    assert evaluated["mAP50"] == pytest.approx(result["mAP50"]) and evaluated["split"] == "test"
+
+
 def _export_cfg(project, model, *extra):
     return compose("export", [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
                               f"registered_model={model}", *extra])
