@@ -57,9 +57,9 @@ def main() -> int:
 
     from atom import tracking
     from atom.data.formats import read_source
-    from atom.data.loader import DetectionDataset, collate
     from atom.data.version import write_version
-    from atom.labelstudio.queue import embed, image_uncertainty, rank_for_labeling
+    from atom.inference import predict_images
+    from atom.labelstudio.queue import image_uncertainty, rank_for_labeling
     from recipes import compose
     from recipes.train import train
 
@@ -85,16 +85,10 @@ def main() -> int:
     results = {"seed": run("seed", seed)}
     tracking.configure(out)
     scorer = tracking.load_detector(tracking.resolve_model("queue-seed@candidate"))
-    loader = torch.utils.data.DataLoader(DetectionDataset(full, "train", scorer.spec.input_size, image_ids=rest),
-                                         batch_size=8, collate_fn=collate)
-    ids, uncertainty, embeddings = [], [], []
-    with torch.no_grad():
-        for images, _, metas in loader:
-            for meta, det in zip(metas, scorer.predict(images)):
-                ids.append(meta["image_id"])
-                uncertainty.append(image_uncertainty(det["scores"]))
-            embeddings.append(embed(scorer, images))
-    queue = [ids[i] for i in rank_for_labeling(np.array(uncertainty), np.concatenate(embeddings))]
+    files = {im["id"]: full.root / im["file_name"] for im in full.coco("train")["images"]}
+    detections = predict_images(scorer, [files[i] for i in rest], with_embeddings=True)
+    uncertainty = np.array([image_uncertainty(torch.tensor(d.scores)) for d in detections])
+    queue = [rest[i] for i in rank_for_labeling(uncertainty, np.stack([d.embedding for d in detections]))]
     shuffled = rest[:]
     rng.shuffle(shuffled)
     for n in args.n:

@@ -31,7 +31,7 @@ def main() -> int:
     from atom.data.synthetic import CLASSES, make_sample
     from atom.labelstudio.connection import connect
     from atom.labelstudio.project import Scene, SceneProject
-    from atom.labelstudio.server import LocalServer
+    from tests.servers import LocalServer
     from atom.models.detector import Detector, DetectorSpec
 
     torch.set_num_threads(2)

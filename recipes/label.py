@@ -38,7 +38,8 @@ def import_labels(cfg: DictConfig) -> dict:
     project.ensure()
     source = read_source(cfg.source.format, Path(cfg.source.path))
     return project.import_labeled(source, as_annotations=cfg.source.as_annotations,
-                                  model_version=f"import:{cfg.source.format}")
+                                  model_version=f"import:{cfg.source.format}",
+                                  class_map=dict(cfg.preannotation.class_map))
 
 
 def pull(cfg: DictConfig) -> dict:
@@ -48,11 +49,21 @@ def pull(cfg: DictConfig) -> dict:
             "path": str(version.root)}
 
 
+def _shown(cfg: DictConfig):
+    from omegaconf import OmegaConf
+
+    from atom.labelstudio.project import Preannotation
+
+    return Preannotation(**OmegaConf.to_container(cfg.preannotation))
+
+
 def _detector(cfg: DictConfig):
-    """The registered detector named by cfg.registered_model, checked against the scene's classes."""
+    """The registered detector named by cfg.registered_model, its classes checked against the scene's labels
+    (after preannotation.class_map)."""
     import torch
 
     from atom import tracking
+    from atom.labelstudio.project import Scene
 
     if not cfg.registered_model:
         raise ValueError("say which model: model=NAME@ALIAS")
@@ -60,15 +71,14 @@ def _detector(cfg: DictConfig):
     tracking.configure(cfg.paths.output_dir)
     ref = tracking.resolve_model(cfg.registered_model)
     detector = tracking.load_detector(ref)
-    missing = sorted(set(detector.spec.classes) - set(cfg.scene.classes))
-    if missing:
-        raise ValueError(f"model {ref.uri} predicts classes {missing} that scene {cfg.scene.name!r} lacks")
+    _shown(cfg).check(detector.spec.classes, Scene(cfg.scene.name, list(cfg.scene.classes), Path(cfg.scene.images)),
+                      ref.uri)
     return detector, f"{ref.name}/{ref.version}"
 
 
 def predict(cfg: DictConfig) -> dict:
     detector, model_version = _detector(cfg)
-    return _project(cfg).push_predictions(detector, model_version=model_version)
+    return _project(cfg).push_predictions(detector, model_version=model_version, shown=_shown(cfg))
 
 
 def serve(cfg: DictConfig) -> dict:
@@ -77,11 +87,14 @@ def serve(cfg: DictConfig) -> dict:
     from atom.labelstudio.backend import create_app
 
     detector, model_version = _detector(cfg)
-    app = create_app(detector, model_version, Path(cfg.document_root), cfg.serve.token or "")
+    app = create_app(detector, model_version, Path(cfg.document_root), cfg.serve.token or "", _shown(cfg))
+    print(f"ML backend for {model_version} listening on http://{cfg.serve.host}:{cfg.serve.port} "
+          f"(connect it in the project's Model settings)", flush=True)
     uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="warning")
     return {"stopped": True}
 
 
 def queue(cfg: DictConfig) -> dict:
     detector, model_version = _detector(cfg)
-    return _project(cfg).queue(detector, model_version, diversity_weight=cfg.queue.diversity_weight)
+    return _project(cfg).queue(detector, model_version, diversity_weight=cfg.queue.diversity_weight,
+                               shown=_shown(cfg))

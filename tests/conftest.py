@@ -13,7 +13,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from atom import PROJECT_ROOT  # noqa: E402
-from atom.labelstudio.server import free_port, wait_healthy  # noqa: E402
+from tests.servers import free_port, wait_healthy  # noqa: E402
 
 SHARED = PROJECT_ROOT.parent / "shared" / "datasets"
 
@@ -88,7 +88,7 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """One Label Studio server for the session; LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY point at it."""
-    from atom.labelstudio.server import LABEL_STUDIO_BIN, LocalServer
+    from tests.servers import LABEL_STUDIO_BIN, LocalServer
 
     if not LABEL_STUDIO_BIN.exists():
         pytest.skip(f"{LABEL_STUDIO_BIN} not found: `make test` installs Label Studio into .venv-labelstudio")

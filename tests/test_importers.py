@@ -95,6 +95,20 @@ def test_labelstudio_bad_inputs(sample_export, tmp_path):
     assert bbox[0] + bbox[2] == pytest.approx(320)
 
 
+def test_labelstudio_tasks_of_one_image_are_one_sample(sample_export, tmp_path):
+    image = _images(sample_export, 1)[0]
+    url = f"/data/local-files/?d=images/{image.name}"
+    tasks = [_ls_task(1, url, [_rect("bus", 1, 1, 5, 5)], updated_at="2026-03-01T00:00:00Z"),
+             _ls_task(2, url, [_rect("car", 50, 50, 10, 10)], updated_at="2026-01-01T00:00:00Z"),
+             {"id": 3, "data": {"image": url}, "annotations": []}]
+    export = sample_export.parent / "twins-export.json"
+    export.write_text(json.dumps(tasks))
+    source = read_source("labelstudio", export)
+    assert len(source.samples) == 1 and [b.label for b in source.samples[0].boxes] == ["bus"]  # the latest
+    (conflict,) = source.report.problems
+    assert conflict.kind == "annotation_conflict" and "tasks 2, 3" in conflict.file and "task 1" in conflict.reason
+
+
 # ------------------------------------------------------------------ YOLO
 def _yolo_tree(tmp_path: Path, images: list[Path], labels: list[str]) -> Path:
     root = tmp_path / "yolo"

@@ -103,6 +103,35 @@ def test_pull_reports_bad_annotations(label_studio, sample_export, tmp_path):
     assert sum(s["boxes"] for s in card["splits"].values()) == 3
 
 
+def test_tasks_of_one_image_are_one_sample_and_sync_makes_no_twins(label_studio, sample_export, tmp_path):
+    """The storage's Sync button after `atom label init` creates no second task; where an image has two tasks
+    anyway (an older project, an import by hand), the later annotation wins across them and the conflict is
+    reported naming the project and the tasks; tasks nobody annotated are counted."""
+    scene = _scene(label_studio, sample_export, "twins", 4)
+    project = _project(label_studio, scene)
+    assert project.ensure()["tasks_created"] == 4
+    storage = project.client.import_storage.local.list(project=project.id)[0]
+    project.client.import_storage.local.sync(id=storage.id)  # what the UI's Sync button does
+    project._wait_for_sync(storage.id)
+    tasks = sorted(project.tasks(), key=lambda t: t.id)
+    assert len(tasks) == 4
+    client = project.client
+    client.projects.import_tasks(id=project.id, request=[{"data": dict(tasks[0].data)}])  # a twin, made by hand
+    twin = max(project.tasks(), key=lambda t: t.id)
+    assert twin.data["image"] == tasks[0].data["image"] and twin.id != tasks[0].id
+    client.annotations.create(id=tasks[0].id, result=[_rect("car", 10, 10, 20, 20)])
+    client.annotations.create(id=twin.id, result=[_rect("bus", 40, 40, 20, 20)])  # later: it wins
+    client.annotations.create(id=tasks[1].id, result=[_rect("car", 5, 5, 10, 10)])
+    version, _, report = project.pull(tmp_path, "twins")
+    assert sum(s["images"] for s in version.card["splits"].values()) == 2
+    boxes = [a for split in ("train", "val", "test") for a in version.coco(split)["annotations"]]
+    assert sorted(version.classes[a["category_id"] - 1] for a in boxes) == ["bus", "car"]
+    conflict = next(p for p in report.problems if p.kind == "annotation_conflict")
+    assert f"project {project.id}" in str(conflict.file) and str(twin.id) in str(conflict.file)
+    assert "tmp" not in str(conflict.file)
+    assert report.counts()["unlabeled_task"] == 2  # tasks 2 and 3
+
+
 def test_predictions_are_pushed_once_per_model_version(label_studio, sample_export, trained):
     from atom import tracking
 
@@ -117,6 +146,31 @@ def test_predictions_are_pushed_once_per_model_version(label_studio, sample_expo
     predictions = list(project.client.predictions.list(project=project.id))
     assert len(predictions) == 10 and {p.model_version for p in predictions} == {version}
     assert all(r["type"] == "rectanglelabels" for p in predictions for r in p.result)
+
+
+def test_preannotations_have_their_own_threshold_cap_and_class_map(label_studio, sample_export, trained):
+    from atom import tracking
+    from atom.labelstudio.project import Preannotation
+
+    ref = tracking.resolve_model(f"{trained['result']['model_name']}@candidate")
+    detector = tracking.load_detector(ref)  # tiny: many low-scoring boxes (model.score_thresh=0.01)
+    scene = _scene(label_studio, sample_export, "shown", 4)
+    capital = Scene(scene.name, [c.capitalize() for c in CLASSES], scene.images)
+    with pytest.raises(LabelStudioError, match="'bus' -> 'Bus'"):
+        Preannotation().check(detector.spec.classes, capital, ref.uri)
+    shown = Preannotation(min_score=0.0, max_boxes=3, class_map={c: c.capitalize() for c in CLASSES})
+    shown.check(detector.spec.classes, capital, ref.uri)
+    project = _project(label_studio, capital)
+    project.ensure()
+    assert project.push_predictions(detector, "capped", shown)["pushed"] == 4
+    assert project.push_predictions(detector, "default", Preannotation(
+        class_map=shown.class_map))["pushed"] == 4
+    predictions = list(project.client.predictions.list(project=project.id))
+    capped = [p.result for p in predictions if p.model_version == "capped"]
+    assert max(len(r) for r in capped) == 3  # the tiny model has more than 3 boxes per image
+    assert {b["value"]["rectanglelabels"][0] for r in capped for b in r} <= set(capital.classes)
+    default = [b for p in predictions if p.model_version == "default" for b in p.result]
+    assert all(b["score"] >= 0.3 for b in default)
 
 
 def test_the_key_never_appears_in_errors(label_studio):
@@ -136,13 +190,43 @@ def test_server_stopping_fails_the_pull_cleanly(label_studio, sample_export, tmp
     project.client.annotations.create(id=project.tasks()[1].id, result=[_rect("bus", 10, 10, 20, 20)])
     label_studio.stop()
     try:
-        project.conn = Connection(project.conn.url, project.conn.api_key, retries=3, backoff_s=0.2)
-        with pytest.raises(LabelStudioError, match="export annotations failed .* after 3 tries"):
+        project.conn = Connection(project.conn.url, project.conn.api_key, retries=3)
+        project.client = project.conn.client()
+        with pytest.raises(LabelStudioError, match="export annotations failed .* after 3 attempts"):
             project.pull(tmp_path, "outage")
     finally:
         label_studio.start()
     assert open_version(tmp_path, "outage").root == before.root
     assert sorted(p.name for p in (tmp_path / "outage").iterdir()) == sorted([before.root.name, "latest"])
+
+
+def test_one_retry_loop_bounds_the_attempts():
+    """label-studio-sdk retries by itself; ATOM configures it instead of wrapping it in a second loop (which made
+    3 x 3 attempts)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    hits = []
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = Connection(f"http://127.0.0.1:{server.server_port}", "key", retries=3)
+        with pytest.raises(LabelStudioError, match="after 3 attempts .*HTTP 503"):
+            conn.call("list projects", lambda: list(conn.client().projects.list()))
+    finally:
+        server.shutdown()
+    assert len(hits) == 3
 
 
 def test_task_urls_outside_the_document_root_are_refused(label_studio, tmp_path):

@@ -166,9 +166,11 @@ def read_coco(path: Path, **_) -> Source:
 
 
 # ---------------------------------------------------------------- Label Studio JSON export
-def read_labelstudio(path: Path, images_root: Path | None = None, **_) -> Source:
+def read_labelstudio(path: Path, images_root: Path | None = None, origin: str | None = None, **_) -> Source:
     """A Label Studio JSON export (a list of tasks). Image URLs resolve against `images_root` (the local-files
-    document root), by default the export's folder. Per task, the latest submitted, non-cancelled annotation wins."""
+    document root), by default the export's folder. Tasks of one image are one sample (a storage sync can make a
+    second task for an image): among all their submitted, non-cancelled annotations the latest wins and the others
+    are reported as conflicts. Problems name `origin` (e.g. the project) and the task, else the file and task."""
     path = Path(path)
     try:
         tasks = json.loads(path.read_text())
@@ -178,19 +180,26 @@ def read_labelstudio(path: Path, images_root: Path | None = None, **_) -> Source
         raise DatasetError(f"{path}: a Label Studio JSON export is a list of tasks")
     root = Path(images_root or path.parent).resolve()
     report = ImportReport()
-    samples = []
+    by_image: dict[Path, list[tuple[dict, str]]] = {}
     for task in tasks:
-        where = f"{path}#task={task.get('id')}"
+        where = f"{origin} task {task.get('id')}" if origin else f"{path}#task={task.get('id')}"
         image = resolve_task_image(task.get("data", {}), root, where, report)
-        if image is None:
-            continue
-        annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        if image is not None:
+            by_image.setdefault(image, []).append((task, where))
+    samples = []
+    for image, entries in by_image.items():
+        where = entries[0][1] if len(entries) == 1 else f"{entries[0][1]} (and tasks " \
+            f"{', '.join(str(t.get('id')) for t, _ in entries[1:])} of the same image)"
+        annotations = [(a, t.get("id")) for t, _ in entries for a in t.get("annotations", [])
+                       if not a.get("was_cancelled")]
         if not annotations:
             report.add("unlabeled_task", where, "no submitted, non-cancelled annotation")
             continue
+        chosen, task_id = max(annotations, key=lambda at: (at[0].get("updated_at") or at[0].get("created_at") or "",
+                                                           at[0].get("id") or 0))
         if len(annotations) > 1:
-            report.add("annotation_conflict", where, f"{len(annotations)} annotations; using the latest")
-        chosen = max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+            report.add("annotation_conflict", where, f"{len(annotations)} annotations; using the latest "
+                       f"(annotation {chosen.get('id')} of task {task_id})")
         boxes = []
         for result in chosen.get("result", []):
             if result.get("type") != "rectanglelabels":
@@ -205,7 +214,7 @@ def read_labelstudio(path: Path, images_root: Path | None = None, **_) -> Source
             # Percent coordinates: to_pixels scales by the real image size, then rotates in pixel space.
             boxes.append(Box(label, x, y, x + w, y + h, normalized=True, rotation=float(v.get("rotation") or 0)))
         samples.append(Sample(image, boxes, None, where))
-    return Source(samples, None, report, f"labelstudio:{path}")
+    return Source(samples, None, report, f"labelstudio:{origin or path}")
 
 
 def resolve_task_image(data: dict, root: Path, where: str, report: ImportReport) -> Path | None:

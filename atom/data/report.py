@@ -19,7 +19,7 @@ PROBLEM_KINDS = {
     "invalid_row": "annotation row cannot be parsed; row dropped",
     "rotated_box": "rotated box converted to its enclosing axis-aligned box",
     "unlabeled_task": "task has no submitted, non-cancelled annotation; not imported",
-    "annotation_conflict": "several annotations for one task; the latest one is used",
+    "annotation_conflict": "several annotations for one image (across its tasks); the latest one is used",
     "missing_annotation": "image has no annotation file; imported with no boxes",
     "missing_split_file": "image listed in a split file has no annotation; sample skipped",
 }

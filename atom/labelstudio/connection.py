@@ -8,7 +8,6 @@ reprs, logs or exception messages: every error passes through `redact`.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -27,34 +26,30 @@ class LabelStudioError(AtomError):
 class Connection:
     url: str
     api_key: str = field(repr=False)
-    retries: int = 3
-    backoff_s: float = 1.0
+    retries: int = 3  # attempts per call; the SDK's own retry loop makes them (connection errors, 5xx, 429)
 
     def client(self):
         from label_studio_sdk import LabelStudio
 
-        return LabelStudio(base_url=self.url, api_key=self.api_key, timeout=60)
+        return LabelStudio(base_url=self.url, api_key=self.api_key, timeout=60, max_retries=max(self.retries - 1, 0))
 
     def redact(self, text: object) -> str:
         return str(text).replace(self.api_key, "***") if self.api_key else str(text)
 
     def call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
-        """fn(*args, **kwargs) with bounded retries on connection errors and 5xx answers; other errors at once."""
+        """fn(*args, **kwargs), an SDK call (which retries transient failures itself, `retries` attempts in all);
+        a failure becomes a LabelStudioError that says what failed and why, without the key."""
         import httpx
         from label_studio_sdk.core.api_error import ApiError
 
-        for attempt in range(1, self.retries + 1):
-            try:
-                return fn(*args, **kwargs)
-            except (httpx.TransportError, ApiError) as e:
-                status = getattr(e, "status_code", None)
-                transient = status is None or status >= 500
-                if not transient or attempt == self.retries:
-                    reason = f"HTTP {status}: {getattr(e, 'body', '')}" if status else f"{type(e).__name__}: {e}"
-                    tries = f" after {attempt} tries" if transient else ""
-                    raise LabelStudioError(self.redact(f"{what} failed at {self.url}{tries} ({reason})")) from None
-                time.sleep(self.backoff_s * attempt)
-        raise AssertionError("unreachable")
+        try:
+            return fn(*args, **kwargs)
+        except (httpx.TransportError, ApiError) as e:
+            status = getattr(e, "status_code", None)
+            reason = f"HTTP {status}: {getattr(e, 'body', '')}" if status else f"{type(e).__name__}: {e}"
+            transient = status is None or status >= 500 or status == 429
+            tries = f" after {self.retries} attempts" if transient else ""
+            raise LabelStudioError(self.redact(f"{what} failed at {self.url}{tries} ({reason})")) from None
 
 
 def _read_config_file(path: Path) -> dict[str, str]:

@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
+
+import numpy as np
 
 from atom.data.formats import IMAGE_SUFFIXES, read_labelstudio, resolve_task_image
 from atom.data.report import ImportReport
 from atom.data.source import Box
 from atom.data.version import DatasetVersion, read_image_size, write_version
+from atom.inference import Detections, predict_images
 from atom.labelstudio.connection import Connection, LabelStudioError
 
 FROM_NAME, TO_NAME = "label", "image"
+IMAGE_PATTERN = r"(?i).*\.(" + "|".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)) + ")$"
 
 
 @dataclass(frozen=True)
@@ -45,18 +49,43 @@ def task_url(image: Path, document_root: Path) -> str:
     return f"/data/local-files/?d={rel.as_posix()}"
 
 
-def box_result(box: Box, width: int, height: int, score: float | None = None) -> dict:
-    """One RectangleLabels result in Label Studio's percent coordinates, clipped to the image."""
+def box_result(box: Box, width: int, height: int, score: float | None = None,
+               names: tuple[str, str] = (FROM_NAME, TO_NAME)) -> dict:
+    """One RectangleLabels result in Label Studio's percent coordinates, clipped to the image. names: the
+    project's (RectangleLabels name, Image name); ATOM's own projects use ("label", "image")."""
     x0, y0, x1, y1 = box.to_pixels(width, height)
     x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
     y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
-    result = {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "rectanglelabels",
+    result = {"from_name": names[0], "to_name": names[1], "type": "rectanglelabels",
               "original_width": width, "original_height": height, "image_rotation": 0,
               "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
                         "height": 100 * (y1 - y0) / height, "rotation": 0, "rectanglelabels": [box.label]}}
     if score is not None:
         result["score"] = score
     return result
+
+
+@dataclass(frozen=True)
+class Preannotation:
+    """Which of a model's boxes annotators are shown (conf/label.yaml `preannotation`), and how the model's class
+    names map to the project's labels where they differ."""
+
+    min_score: float = 0.3
+    max_boxes: int = 50
+    class_map: dict[str, str] = field(default_factory=dict)
+
+    def select(self, d: Detections) -> Detections:
+        return d.top(self.min_score, self.max_boxes)
+
+    def check(self, model_classes: list[str], scene: Scene, model: str) -> None:
+        """Every model class, after the map, must be one of the scene's labels; say which differ and how."""
+        unknown = [c for c in model_classes if self.class_map.get(c, c) not in scene.classes]
+        if unknown:
+            hints = [f"{c!r} -> {s!r}" for c in unknown for s in scene.classes if c.lower() == s.lower()]
+            raise LabelStudioError(
+                f"model {model} predicts classes {unknown} that scene {scene.name!r} lacks (its labels: "
+                f"{scene.classes}); map them with preannotation.class_map" +
+                (f", e.g. {', '.join(hints)}" if hints else ""))
 
 
 class SceneProject:
@@ -94,12 +123,32 @@ class SceneProject:
             self.conn.call("update label config", self.client.projects.update, id=project.id, label_config=config)
         self._id = project.id
         storages = self.conn.call("list storages", self.client.import_storage.local.list, project=self.id)
-        if not any(Path(s.path).resolve() == images_dir for s in storages):
-            self.conn.call("connect local-files storage", self.client.import_storage.local.create,
-                           project=self.id, path=str(images_dir), use_blob_urls=True, title=f"{self.scene.name} images")
+        storage = next((s for s in storages if Path(s.path).resolve() == images_dir), None)
+        if storage is None:
+            storage = self.conn.call("connect local-files storage", self.client.import_storage.local.create,
+                                     project=self.id, path=str(images_dir), use_blob_urls=True, recursive_scan=True,
+                                     regex_filter=IMAGE_PATTERN, title=f"{self.scene.name} images")
+        # The tasks come from syncing the storage, which links each task to its file: the Sync button in the UI
+        # then finds every file linked and creates no second task for it (a task imported apart from the storage
+        # would get a twin). Images the sync did not cover (an older project's) are imported as before.
+        before = len(self.tasks())
+        self.conn.call("sync local-files storage", self.client.import_storage.local.sync, id=storage.id)
+        self._wait_for_sync(storage.id)
         images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        created = self.import_tasks([{"data": {"image": task_url(p, self.document_root)}} for p in images])
-        return {"project_id": self.id, "images": len(images), "tasks_created": created}
+        imported = self.import_tasks([{"data": {"image": task_url(p, self.document_root)}} for p in images])
+        return {"project_id": self.id, "images": len(images), "tasks_created": len(self.tasks()) - before,
+                "tasks_imported_apart_from_storage": imported}
+
+    def _wait_for_sync(self, storage_id: int, wait_s: float = 300) -> None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            status = self.conn.call("storage status", self.client.import_storage.local.get, id=storage_id).status
+            if status in (None, "completed"):
+                return
+            if status == "failed" or time.monotonic() > deadline:
+                raise LabelStudioError(f"syncing the local-files storage {storage_id} of project {self.id}: "
+                                       f"status {status!r}")
+            time.sleep(0.5)
 
     def tasks(self) -> list:
         return self.conn.call("list tasks", lambda: list(self.client.tasks.list(project=self.id, fields="all")))
@@ -113,12 +162,14 @@ class SceneProject:
         return len(new)
 
     # -- existing labels as pre-annotations
-    def import_labeled(self, source, as_annotations: bool = False, model_version: str = "imported") -> dict:
+    def import_labeled(self, source, as_annotations: bool = False, model_version: str = "imported",
+                       class_map: dict[str, str] | None = None) -> dict:
         """A labeled source (any importer's Source) as pre-annotations for review (predictions), or as
         annotations. Images without a task get one; existing tasks get the labels unless they already have
-        annotations (or a prediction of that model_version). Samples outside the document root, unreadable
-        images and unknown labels are reported, not imported."""
-        report = source.report
+        annotations (or a prediction of that model_version). class_map renames the source's labels to the
+        scene's. Samples outside the document root, unreadable images and unknown labels are reported (with the
+        scene label that differs only in case, if any), not imported."""
+        report, class_map = source.report, class_map or {}
         labeled = {}  # task URL -> results
         for sample in source.samples:
             if not Path(sample.image).resolve().is_relative_to(self.document_root):
@@ -131,10 +182,13 @@ class SceneProject:
                 continue
             results = []
             for box in sample.boxes:
-                if box.label not in self.scene.classes:
-                    report.add("unknown_label", sample.origin or sample.image, f"label {box.label!r} not in scene")
+                label = class_map.get(box.label, box.label)
+                if label not in self.scene.classes:
+                    near = [c for c in self.scene.classes if c.lower() == label.lower()]
+                    report.add("unknown_label", sample.origin or sample.image, f"label {label!r} not in scene "
+                               f"{self.scene.name!r}" + (f" (did you mean {near[0]!r}? class_map)" if near else ""))
                     continue
-                results.append(box_result(box, width, height))
+                results.append(box_result(replace(box, label=label), width, height))
             labeled[task_url(sample.image, self.document_root)] = results
         existing = {t.data.get("image"): t for t in self.tasks()}
         if as_annotations:
@@ -181,8 +235,9 @@ class SceneProject:
     # -- pull
     def export_json(self) -> list[dict]:
         def download():
+            # every task, so that tasks nobody annotated are counted in the report
             chunks = self.client.projects.exports.download_sync(id=self.id, export_type="JSON",
-                                                                download_all_tasks=False)
+                                                                download_all_tasks=True)
             return json.loads(b"".join(chunks))
 
         return self.conn.call("export annotations", download)
@@ -194,14 +249,17 @@ class SceneProject:
         with tempfile.TemporaryDirectory() as tmp:
             export = Path(tmp) / f"{self.scene.name}-export.json"
             export.write_text(json.dumps(tasks))
-            source = read_labelstudio(export, images_root=self.document_root)
-        source.description = f"labelstudio:{self.conn.url} project {self.id} ({self.scene.title})"
+            source = read_labelstudio(export, images_root=self.document_root,
+                                      origin=f"{self.conn.url} project {self.id} ({self.scene.title})")
         version, new = write_version(source, datasets_dir, name or self.scene.name, classes=self.scene.classes)
         return version, new, source.report
 
     # -- predictions
-    def push_predictions(self, detector, model_version: str, batch_size: int = 8) -> dict:
-        """Run the detector on every task that has no prediction from `model_version` yet and push the boxes."""
+    def push_predictions(self, detector, model_version: str, shown: "Preannotation | None" = None,
+                         batch_size: int = 8) -> dict:
+        """Run the detector on every task that has no prediction from `model_version` yet and push its boxes:
+        those `shown` lets through (annotators delete what they are given, so not every box down to 0.05)."""
+        shown = shown or Preannotation()
         done = self._tasks_predicted_by(model_version)
         report = ImportReport()
         todo = []
@@ -211,24 +269,26 @@ class SceneProject:
             image = resolve_task_image(task.data, self.document_root, f"task {task.id}", report)
             if image is not None:
                 todo.append((task.id, image))
-        predictions = predict_results(detector, [image for _, image in todo], report, batch_size)
-        pushed = [{"task": task_id, **prediction, "model_version": model_version}
-                  for (task_id, _), prediction in zip(todo, predictions) if prediction is not None]
+        predictions = predict_images(detector, [image for _, image in todo], report, batch_size)
+        pushed = [{"task": task_id, **to_prediction(shown.select(d), shown.class_map),
+                   "model_version": model_version}
+                  for (task_id, _), d in zip(todo, predictions) if d is not None]
         self._import_predictions(pushed)
         self._wait_for_predictions(pushed)
         return {"pushed": len(pushed), "skipped_existing": len(done), "problems": report.counts()}
 
     # -- labeling queue
-    def queue(self, detector, model_version: str, diversity_weight: float = 1.0, batch_size: int = 8) -> dict:
+    def queue(self, detector, model_version: str, diversity_weight: float = 1.0,
+              shown: "Preannotation | None" = None, batch_size: int = 8) -> dict:
         """Order the unlabeled tasks by usefulness (atom.labelstudio.queue) and hand the order to Label Studio's
         own active-learning mode: each task gets a prediction (the model's boxes) of version
         `<model_version>:queue` whose score is its rank / n, and the project switches to uncertainty sampling on
         that version, which serves the lowest score first. Re-running replaces the previous queue."""
-        import numpy as np
         import torch
 
         from atom.labelstudio.queue import image_uncertainty, rank_for_labeling
 
+        shown = shown or Preannotation()
         version = f"{model_version}:queue"
         report = ImportReport()
         todo = []
@@ -238,19 +298,18 @@ class SceneProject:
             image = resolve_task_image(task.data, self.document_root, f"task {task.id}", report)
             if image is not None:
                 todo.append((task.id, image))
-        predictions = predict_results(detector, [image for _, image in todo], report, batch_size,
-                                      with_embeddings=True)
+        predictions = predict_images(detector, [image for _, image in todo], report, batch_size,
+                                     with_embeddings=True)
         readable = [i for i, p in enumerate(predictions) if p is not None]
         todo, predictions = [todo[i] for i in readable], [predictions[i] for i in readable]
-        embeddings = np.stack([p.pop("embedding") for p in predictions]) if predictions else np.zeros((0, 1))
-        uncertainty = np.array([image_uncertainty(torch.tensor([r["score"] for r in p["result"]]))
-                                for p in predictions])
+        embeddings = np.stack([p.embedding for p in predictions]) if predictions else np.zeros((0, 1))
+        uncertainty = np.array([image_uncertainty(torch.tensor(p.scores)) for p in predictions])
         order = rank_for_labeling(uncertainty, embeddings, diversity_weight)
         for old in self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id))):
             if old.model_version == version:
                 self.conn.call("delete old queue prediction", self.client.predictions.delete, id=old.id)
-        request = [{"task": todo[i][0], "result": predictions[i]["result"], "score": rank / max(len(order), 1),
-                    "model_version": version} for rank, i in enumerate(order)]
+        request = [{"task": todo[i][0], "result": to_prediction(shown.select(predictions[i]), shown.class_map)["result"],
+                    "score": rank / max(len(order), 1), "model_version": version} for rank, i in enumerate(order)]
         self._import_predictions(request)
         self._wait_for_predictions(request)
         self.conn.call("switch to uncertainty sampling", self.client.projects.update, id=self.id,
@@ -259,42 +318,25 @@ class SceneProject:
                 "problems": report.counts()}
 
 
-def predict_results(detector, images: list[Path], report: ImportReport, batch_size: int = 8,
-                    with_embeddings: bool = False) -> list[dict | None]:
-    """Per image, Label Studio prediction content {"result": [...], "score": mean box score}, plus the image's
-    backbone "embedding" when asked (for the queue); None (reported) where the image cannot be read."""
-    import torch
+def control_names(config: str | None) -> tuple[str, str]:
+    """(name, toName) of the first RectangleLabels control of a Label Studio label config."""
+    import xml.etree.ElementTree as ET
 
-    from atom.labelstudio.queue import embed
-    from atom.models.preprocess import letterbox, read_rgb, to_batch
+    if config:
+        try:
+            control = next(ET.fromstring(config).iter("RectangleLabels"), None)
+        except ET.ParseError:
+            control = None
+        if control is not None and control.get("name") and control.get("toName"):
+            return control.get("name"), control.get("toName")
+    return FROM_NAME, TO_NAME
 
-    size, classes = detector.spec.input_size, detector.spec.classes
-    out: list[dict | None] = []
-    for i in range(0, len(images), batch_size):
-        batch, scales, shapes = [], [], []
-        for path in images[i:i + batch_size]:
-            try:
-                rgb = read_rgb(path)
-            except ValueError as e:
-                report.add("corrupt_image" if Path(path).exists() else "missing_image", path, str(e))
-                shapes.append(None)
-                continue
-            boxed, scale = letterbox(rgb, size)
-            batch.append(boxed)
-            scales.append(scale)
-            shapes.append((rgb.shape[1], rgb.shape[0]))
-        tensor = torch.from_numpy(to_batch(batch)) if batch else None
-        dets = iter(detector.predict(tensor, scales) if batch else [])
-        embeddings = iter(embed(detector, tensor) if batch and with_embeddings else [])
-        for shape in shapes:
-            if shape is None:
-                out.append(None)
-                continue
-            det, (w, h) = next(dets), shape
-            results = [box_result(Box(classes[label], *xyxy), w, h, score)
-                       for xyxy, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
-                                                     det["labels"].tolist())]
-            out.append({"result": results, "score": float(det["scores"].mean()) if results else 0.0})
-            if with_embeddings:
-                out[-1]["embedding"] = next(embeddings)
-    return out
+
+def to_prediction(d: Detections, class_map: dict[str, str] | None = None,
+                  names: tuple[str, str] = (FROM_NAME, TO_NAME)) -> dict:
+    """Label Studio prediction content for one image's detections: {"result": [...], "score": mean box score}.
+    class_map renames the model's classes to the project's labels (e.g. {"Bus": "bus"})."""
+    class_map = class_map or {}
+    results = [box_result(Box(class_map.get(label, label), *xyxy), d.width, d.height, score, names)
+               for xyxy, score, label in zip(d.boxes, d.scores, d.labels)]
+    return {"result": results, "score": float(np.mean(d.scores)) if d.scores else 0.0}

@@ -20,13 +20,6 @@ def image_uncertainty(scores: torch.Tensor, top: int = 3) -> float:
     return float(u.topk(min(top, u.numel())).values.mean())
 
 
-@torch.no_grad()
-def embed(detector, images: torch.Tensor) -> np.ndarray:
-    """L2-normalised global-average-pooled deepest backbone feature per image (B x C)."""
-    feats = detector.backbone((images - detector.mean) / detector.std)[-1].mean((2, 3))
-    return torch.nn.functional.normalize(feats, dim=1).numpy()
-
-
 def rank_for_labeling(uncertainty: np.ndarray, embeddings: np.ndarray, diversity_weight: float = 1.0) -> list[int]:
     """Greedy order of indices: each step takes the image with the highest uncertainty + weight * distance to
     its nearest already-ranked image (distance 1 before anything is ranked)."""

@@ -1,4 +1,5 @@
-"""A local, headless Label Studio server for tests and benchmarks (its own virtual environment, 127.0.0.1 only)."""
+"""Test infrastructure: free ports, waiting for a server, and a local headless Label Studio server for tests and
+benchmarks (its own virtual environment, 127.0.0.1 only), started as the README tells users to start theirs."""
 
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ class LocalServer:
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "LABEL_STUDIO_BASE_DATA_DIR": str(self.root / "data"),
             "DJANGO_DB": "sqlite", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
-            "LABEL_STUDIO_COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false"})
+            "LABEL_STUDIO_COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
+            # As the README says: Label Studio refuses ML backends in 127.0.0.0/8 (SSRF protection) unless told.
+            "USE_DEFAULT_BANNED_SUBNETS": "false"})
         self.log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen(
             [str(LABEL_STUDIO_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1",
