@@ -94,25 +94,27 @@ def cmd_data_show(args) -> int:
     return 0
 
 
-def _recipe(module: str, function: str, config: str, overrides: list[str]) -> int:
-    """Compose conf/<config>.yaml with the overrides and call recipes.<module>.<function>(cfg)."""
+# The commands that are Hydra applications: name -> (recipes module, function, root config).
+RECIPES = {
+    "train": ("train", "train", "train"),
+    "evaluate": ("evaluate", "evaluate", "evaluate"),
+    "export": ("export", "export", "export"),
+    "adapt": ("adapt", "adapt", "adapt"),
+    **{f"label {name}": ("label", function, "label") for name, function in [
+        ("init", "init"), ("import", "import_labels"), ("pull", "pull"), ("predict", "predict"),
+        ("queue", "queue"), ("serve", "serve")]},
+}
+
+
+def _recipe(command: str, argv: list[str]) -> int:
+    """Run recipes.<module>.<function> as a Hydra application (recipes/entry.py) with argv."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import importlib
 
-    from recipes import compose
+    from recipes import entry
 
-    if config not in ("train", "adapt"):  # there `model` is the detector config; elsewhere it names a registered model
-        overrides = [f"registered_{o}" if o.startswith("model=") else o for o in overrides]
-    from atom.errors import AtomError
-
-    cfg = compose(config, overrides)
-    try:
-        result = getattr(importlib.import_module(f"recipes.{module}"), function)(cfg)
-    except (AtomError, LookupError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=1, default=str))
-    return 0
+    module, function, config = RECIPES[command]
+    return entry.run(command, config, getattr(importlib.import_module(f"recipes.{module}"), function), argv)
 
 
 def cmd_demo(args) -> int:
@@ -137,7 +139,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="atom", description="ATOM: city-scene detector production platform")
+    p = argparse.ArgumentParser(prog="atom", description="ATOM: city-scene detector production platform",
+                                epilog="atom -v COMMAND ...: show the libraries' own log lines and notices too")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="dataset versions: import, list, show, make the synthetic sample")
@@ -164,32 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--datasets", default=str(DATASETS_DIR))
     show.set_defaults(func=cmd_data_show)
 
-    for name, module, function, config, text in [
-        ("train", "train", "train", "train", "train, evaluate and register a detector (Hydra overrides)"),
-        ("evaluate", "evaluate", "evaluate", "evaluate", "evaluate a registered model: model=NAME@ALIAS"),
-        ("export", "export", "export", "export", "export a registered model to a verified bundle: model=NAME@ALIAS"),
-        ("adapt", "adapt", "adapt", "adapt", "few-shot: adapt a registered detector to a new scene's classes: "
-         "base=NAME@ALIAS data=SCENE shots=K [mode=novel] [export=onnx]"),
+    # Listed here for `atom --help`; main() hands them to Hydra before argparse sees them.
+    for name, text in [
+        ("train", "train, evaluate and register a detector: experiment=NAME, detector=lite0|lite1|lite2, ..."),
+        ("evaluate", "evaluate a registered model: model=NAME@ALIAS"),
+        ("export", "export a registered model to a verified bundle: model=NAME@ALIAS [export=FORMAT]"),
+        ("adapt", "few-shot: adapt a registered detector to a new scene's classes: "
+         "model=NAME@ALIAS data=SCENE shots=K [mode=novel] [export=onnx]"),
     ]:
-        cmd = sub.add_parser(name, help=text, description=f"{text}. Overrides are Hydra's KEY=VALUE "
-                             f"(see conf/{config}.yaml), e.g. experiment=vehicles trainer.max_epochs=5.")
-        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-        cmd.set_defaults(func=lambda a, m=module, f=function, c=config: _recipe(m, f, c, a.overrides))
+        sub.add_parser(name, help=f"{text} (a Hydra application: `atom {name} --help` lists its config groups)")
 
     label = sub.add_parser("label", help="Label Studio: scene projects, pre-annotations, pulls into dataset versions")
     lsub = label.add_subparsers(dest="label_command", required=True)
-    for name, function, text in [
-        ("init", "init", "create or update the scene's project, storage and tasks (idempotent): scene=NAME"),
-        ("import", "import_labels", "existing labels as pre-annotations: scene=NAME source.format=F source.path=P"),
-        ("pull", "pull", "write the scene's submitted annotations as a new dataset version: scene=NAME"),
-        ("predict", "predict", "push a registered model's predictions: scene=NAME model=NAME@ALIAS"),
-        ("queue", "queue", "order unlabeled tasks by usefulness for annotators: scene=NAME model=NAME@ALIAS"),
-        ("serve", "serve", "ML backend for interactive predictions (needs ATOM_ML_BACKEND_TOKEN): model=NAME@ALIAS"),
+    for name, text in [
+        ("init", "create or update the scene's project, storage and tasks (idempotent): scene=NAME"),
+        ("import", "existing labels as pre-annotations: scene=NAME source.format=F source.path=P"),
+        ("pull", "write the scene's submitted annotations as a new dataset version: scene=NAME"),
+        ("predict", "push a registered model's predictions: scene=NAME model=NAME@ALIAS"),
+        ("queue", "order unlabeled tasks by usefulness for annotators: scene=NAME model=NAME@ALIAS"),
+        ("serve", "ML backend for interactive predictions (needs ATOM_ML_BACKEND_TOKEN): model=NAME@ALIAS"),
     ]:
-        cmd = lsub.add_parser(name, help=text, description=f"{text}. Hydra overrides, see conf/label.yaml; the "
-                              "server comes from LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.")
-        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-        cmd.set_defaults(func=lambda a, f=function: _recipe("label", f, "label", a.overrides))
+        lsub.add_parser(name, help=f"{text} (a Hydra application; the server comes from LABEL_STUDIO_URL and "
+                        "LABEL_STUDIO_API_KEY)")
 
     demo = sub.add_parser("demo", help="run the sample pipeline (dvc repro: prepare, train, evaluate, export)")
     demo.set_defaults(func=cmd_demo)
@@ -197,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-v"], ["--verbose"]):  # libraries' own log lines and notices too (atom/logs.py)
+        os.environ["ATOM_VERBOSE"] = "1"
+        argv = argv[1:]
+    for words in (2, 1):  # `atom label pull ...`, `atom train ...`: everything after the command goes to Hydra
+        command = " ".join(argv[:words])
+        if len(argv) >= words and command in RECIPES:
+            return _recipe(command, argv[words:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

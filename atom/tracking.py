@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atom import PROJECT_ROOT
+from atom.errors import RegistryError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -112,9 +113,9 @@ def resolve_model(ref: str) -> ModelRef:
             name, version = ref.rsplit("/", 1)
             mv = client.get_model_version(name, version)
         else:
-            raise ValueError(f"model reference {ref!r}: expected NAME@ALIAS or NAME/VERSION")
+            raise RegistryError(f"model reference {ref!r}: expected NAME@ALIAS or NAME/VERSION")
     except MlflowException as e:
-        raise LookupError(f"model {ref!r} not found in the registry at {client.tracking_uri}: {e.message}") from None
+        raise RegistryError(f"model {ref!r} not found in the registry at {client.tracking_uri}: {e.message}") from None
     return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags))
 
 

@@ -119,8 +119,8 @@ def main() -> int:
     for variant in [] if args.report else args.variants:
         for k in args.shots:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                cfg = compose("adapt", [f"base={base_ref}", f"data={args.dataset}", f"shots={k}", f"seed={seed}",
-                                        f"eval_split={EVAL_SPLIT}", *common, f"run_name=fewshot-{variant}-k{k}-s{seed}",
+                cfg = compose("adapt", [f"model={base_ref}", f"data={args.dataset}", f"shots={k}", f"seed={seed}",
+                                        "progress=false", f"eval_split={EVAL_SPLIT}", *common, f"run_name=fewshot-{variant}-k{k}-s{seed}",
                                         f"tracking.model_name=atom-{args.dataset}-fewshot-{variant}",
                                         f"classes=[{','.join(setup['novel'])}]", *VARIANTS[variant], *args.overrides])
                 t = time.perf_counter()

@@ -54,7 +54,7 @@ def adapt_run(dirs: dict, base: str, seed: int) -> dict:
     from recipes import compose
     from recipes.adapt import adapt
 
-    return adapt(compose("adapt", [f"base={base}", "data=vehicles", "shots=10", f"seed={seed}",
+    return adapt(compose("adapt", [f"model={base}", "data=vehicles", "shots=10", f"seed={seed}", "progress=false",
                                    "classes=[Motorcycle,Ambulance]", *_paths(dirs, f"guard-adapt-s{seed}")]))
 
 

@@ -39,7 +39,7 @@ def our_graph(model: str, size: int | None, out: Path) -> tuple[Path, int]:
 
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_container(compose("train", [f"model={model}"]).model)
+    cfg = OmegaConf.to_container(compose("train", [f"detector={model}"]).detector)
     size = size or cfg["input_size"]
     detector = Detector(DetectorSpec(**{**cfg, "classes": ["a", "b", "c", "d", "e"], "input_size": size})).eval()
     path = onnx_export.export(detector, torch.zeros(1, 3, size, size), out / model)

@@ -7,7 +7,7 @@ table (mean ± std over seeds) is set beside the last recorded runs of the same 
     .venv/bin/python benchmarks/train.py --models lite0 lite1 lite2 --seeds 3   # the model-size ladder
     .venv/bin/python benchmarks/train.py --report --models lite0 lite1 lite2   # the table of recorded runs
     .venv/bin/python benchmarks/train.py --data vehicles --seeds 2 --no-export \\
-        --override trainer.max_epochs=6 --override model.freeze_bn=false     # a screening of one setting
+        --override trainer.max_epochs=6 --override detector.freeze_bn=false     # a screening of one setting
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def run(data: str, model: str, seed: int, overrides: list[str], out: Path, expor
 
     common = [f"paths.datasets={out / 'datasets'}", f"paths.output_dir={out}"]
     run_name = f"{data}-{model}-s{seed}"
-    cfg = compose("train", [f"experiment={data}", f"model={model}", f"seed={seed}", *common, f"run_name={run_name}",
+    cfg = compose("train", [f"experiment={data}", f"detector={model}", f"seed={seed}", *common, f"run_name={run_name}",
                             f"tracking.model_name=atom-{data}-bench", "tracking.alias=benchmark",
                             "callbacks.rich_progress=false", *overrides])
     t = time.perf_counter()
@@ -49,7 +49,7 @@ def run(data: str, model: str, seed: int, overrides: list[str], out: Path, expor
                "train_images_per_s": result["train_images_per_s"], "parameters_M": result["parameters_M"],
                **{f"test_AP50_{c}": round(v["AP50"], 3) for c, v in result["per_class"].items()}}
     if export:
-        exp = export_model(compose("export", [*common, f"registered_model={result['model_name']}/"
+        exp = export_model(compose("export", [*common, f"model={result['model_name']}/"
                                                        f"{result['model_version']}"]))
         numbers.update({"onnx_latency_ms_batch1": round(exp["latency_ms_batch1"]["onnx"], 2),
                         "pytorch_latency_ms_batch1": round(exp["latency_ms_batch1"]["pytorch"], 2),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from exporters import ExportError
 from exporters import onnx as onnx_export
 
 
@@ -24,7 +25,7 @@ def export(detector, sample: torch.Tensor, out_dir: Path, opset: int = 17, simpl
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"{onnx_path}: TensorRT cannot parse the ONNX model: {errors}")
+        raise ExportError(f"{onnx_path}: TensorRT cannot parse the ONNX model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if fp16 and builder.platform_has_fast_fp16:
@@ -35,7 +36,7 @@ def export(detector, sample: torch.Tensor, out_dir: Path, opset: int = 17, simpl
     config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
-        raise RuntimeError("TensorRT failed to build the engine (see its log above)")
+        raise ExportError("TensorRT failed to build the engine (see its log above)")
     path = Path(out_dir) / "model.engine"
     path.write_bytes(bytes(engine))
     return path

@@ -1,7 +1,7 @@
 """Adapt a registered detector to a new scene from K labeled images per new class; register (and export) it.
 
-    atom adapt base=atom-vehicles-base@candidate data=vehicles shots=10            (generalized: base + new)
-    atom adapt base=... data=my-scene shots=5 mode=novel export=onnx              (new classes only, exported)
+    atom adapt model=atom-vehicles-base@candidate data=vehicles shots=10            (generalized: base + new)
+    atom adapt model=... data=my-scene shots=5 mode=novel export=onnx              (new classes only, exported)
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import recipes  # noqa: F401  (registers the config resolvers)
+from recipes import entry
 from recipes.common import lineage_version, mlflow_logger
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,10 @@ def adapt(cfg: DictConfig) -> dict:
 
     # Everything that can be wrong with the request fails here, before training.
     tracking.configure(cfg.paths.output_dir)
-    base_ref = tracking.resolve_model(cfg.base)
+    base_ref = tracking.resolve_model(cfg.model)
     base = tracking.load_detector(base_ref)
     version = open_version(Path(cfg.paths.datasets), cfg.data.name, cfg.data.version)
-    plan = fewshot.plan(base.spec, cfg.base, version, cfg.mode, cfg.classes, OmegaConf.to_container(cfg.model))
+    plan = fewshot.plan(base.spec, cfg.model, version, cfg.mode, cfg.classes, OmegaConf.to_container(cfg.detector))
     shots = fewshot.sample_shots(version, cfg.data.train_split, plan.new_classes, cfg.shots, cfg.seed)
     images = fewshot.shot_images(shots)
     negatives = None
@@ -75,9 +75,16 @@ def adapt(cfg: DictConfig) -> dict:
                         num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0)
     module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim)
     throughput = TrainThroughput()
-    trainer = pl.Trainer(logger=logger, callbacks=[throughput], max_steps=steps, max_epochs=1,
-                         limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
-                         default_root_dir=run_dir, **OmegaConf.to_container(fs.trainer))
+    # Where it runs comes from the trainer group (as for `atom train`); how long, from the few-shot plan.
+    where = {k: cfg.trainer[k] for k in ("accelerator", "devices", "precision", "deterministic")}
+    callbacks = [throughput]
+    if cfg.progress:
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar())
+    trainer = pl.Trainer(logger=logger, callbacks=callbacks, max_steps=steps, max_epochs=1,
+                         limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=cfg.progress,
+                         log_every_n_steps=10, enable_model_summary=False, default_root_dir=run_dir, **where)
     trainer.fit(module, train_dataloaders=loader)
     detector = module.detector.eval()
 
@@ -134,9 +141,9 @@ def _export(cfg: DictConfig, ref, detector, version, args: dict, predictions: li
     return str(bundle)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="adapt")
-def main(cfg: DictConfig) -> None:
-    print(json.dumps(adapt(cfg), indent=1))
+def main() -> None:
+    """`python -m recipes.adapt KEY=VALUE ...`, the same Hydra application as `atom adapt`."""
+    sys.exit(entry.run("adapt", "adapt", adapt, sys.argv[1:]))
 
 
 if __name__ == "__main__":

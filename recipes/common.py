@@ -8,18 +8,21 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from atom.errors import RegistryError
+
 log = logging.getLogger(__name__)
 
 
 def load_registered(cfg: DictConfig):
-    """(ModelRef, Detector, DatasetVersion) for cfg.registered_model, using the dataset version recorded in its lineage."""
+    """(ModelRef, Detector, DatasetVersion) of the registered model cfg.model, with the dataset version of its
+    lineage."""
     import torch
 
     from atom import tracking
 
     torch.set_num_threads(cfg.threads)
     tracking.configure(cfg.paths.output_dir)
-    ref = tracking.resolve_model(cfg.registered_model)
+    ref = tracking.resolve_model(cfg.model)
     version = lineage_version(ref, cfg.paths.datasets)
     return ref, tracking.load_detector(ref), version
 
@@ -30,7 +33,7 @@ def lineage_version(ref, datasets_dir, remedy: str = ""):
 
     name, version_id = ref.tags.get("dataset.name"), ref.tags.get("dataset.version")
     if not name or not version_id:
-        raise LookupError(f"model {ref.uri} has no dataset lineage tags (dataset.name, dataset.version){remedy}")
+        raise RegistryError(f"model {ref.uri} has no dataset lineage tags (dataset.name, dataset.version){remedy}")
     try:
         return open_version(Path(datasets_dir), name, version_id)
     except DatasetError as e:

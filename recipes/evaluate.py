@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-import recipes  # noqa: F401  (registers the config resolvers)
+from recipes import entry
 from recipes.common import load_registered
 
 
@@ -26,9 +25,9 @@ def evaluate(cfg: DictConfig) -> dict:
     return {**metrics, "output": str(out)}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    print(json.dumps(evaluate(cfg), indent=1))
+def main() -> None:
+    """`python -m recipes.evaluate KEY=VALUE ...`, the same Hydra application as `atom evaluate`."""
+    sys.exit(entry.run("evaluate", "evaluate", evaluate, sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import recipes  # noqa: F401  (registers the config resolvers)
+from recipes import entry
 from recipes.common import load_registered
 
 
@@ -31,9 +30,9 @@ def export(cfg: DictConfig) -> dict:
     return {"model": ref.uri, "bundle": str(bundle), "mlflow_artifacts": artifact, **report}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    print(json.dumps(export(cfg), indent=1))
+def main() -> None:
+    """`python -m recipes.export KEY=VALUE ...`, the same Hydra application as `atom export`."""
+    sys.exit(entry.run("export", "export", export, sys.argv[1:]))
 
 
 if __name__ == "__main__":

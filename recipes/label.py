@@ -14,7 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-import recipes  # noqa: F401  (registers the config resolvers)
+import recipes  # noqa: F401  (registers the config resolvers: the functions here run on composed configs)
+from atom.errors import ConfigError
 
 
 def _project(cfg: DictConfig):
@@ -33,7 +34,7 @@ def import_labels(cfg: DictConfig) -> dict:
     from atom.data.formats import read_source
 
     if not cfg.source.format or not cfg.source.path:
-        raise ValueError("set source.format and source.path (e.g. source.format=yolo source.path=DIR)")
+        raise ConfigError("set source.format and source.path (e.g. source.format=yolo source.path=DIR)")
     project = _project(cfg)
     project.ensure()
     source = read_source(cfg.source.format, Path(cfg.source.path))
@@ -58,18 +59,18 @@ def _shown(cfg: DictConfig):
 
 
 def _detector(cfg: DictConfig):
-    """The registered detector named by cfg.registered_model, its classes checked against the scene's labels
+    """The registered detector named by cfg.model, its classes checked against the scene's labels
     (after preannotation.class_map)."""
     import torch
 
     from atom import tracking
     from atom.labelstudio.project import Scene
 
-    if not cfg.registered_model:
-        raise ValueError("say which model: model=NAME@ALIAS")
+    if not cfg.model:
+        raise ConfigError("say which model: model=NAME@ALIAS")
     torch.set_num_threads(cfg.threads)
     tracking.configure(cfg.paths.output_dir)
-    ref = tracking.resolve_model(cfg.registered_model)
+    ref = tracking.resolve_model(cfg.model)
     detector = tracking.load_detector(ref)
     _shown(cfg).check(detector.spec.classes, Scene(cfg.scene.name, list(cfg.scene.classes), Path(cfg.scene.images)),
                       ref.uri)

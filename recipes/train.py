@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import recipes  # noqa: F401  (registers the config resolvers)
+from recipes import entry
 from recipes.common import mlflow_logger
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.threads)
     version = open_version(Path(cfg.paths.datasets), cfg.data.name, cfg.data.version)
-    model_cfg = OmegaConf.to_container(cfg.model)
+    model_cfg = OmegaConf.to_container(cfg.detector)
     spec = {**model_cfg, "classes": select_classes(version, cfg.data.get("classes"))}
     for split in (cfg.data.train_split, cfg.data.val_split):
         if not version.has_split(split):
@@ -103,9 +103,9 @@ def select_classes(version, classes) -> list[str]:
     return list(classes)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main() -> None:
+    """`python -m recipes.train KEY=VALUE ...`, the same Hydra application as `atom train`."""
+    sys.exit(entry.run("train", "train", train, sys.argv[1:]))
 
 
 if __name__ == "__main__":

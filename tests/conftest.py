@@ -48,9 +48,9 @@ def project(tmp_path_factory, sample_export):
 def tiny_overrides(project, run_name: str = "tiny") -> list[str]:
     """Shrink a training run to seconds through config only."""
     return [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
-            f"run_name={run_name}", "model.input_size=128", "trainer.max_epochs=1",
+            f"run_name={run_name}", "detector.input_size=128", "trainer.max_epochs=1",
             "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "data.batch_size=4",
-            "callbacks.rich_progress=false", "model.score_thresh=0.01"]
+            "callbacks.rich_progress=false", "detector.score_thresh=0.01"]
 
 
 @pytest.fixture(scope="session")

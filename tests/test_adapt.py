@@ -18,8 +18,8 @@ from tests.conftest import tiny_overrides
 
 def adapt_overrides(project, base: str, **extra) -> list[str]:
     """Shrink an adaptation to seconds through config only."""
-    values = {"base": base, "shots": 2, "fewshot.min_steps": 3, "fewshot.max_steps": 3, "fewshot.batch_size": 2,
-              "fewshot.num_workers": 0,
+    values = {"model": base, "shots": 2, "fewshot.min_steps": 3, "fewshot.max_steps": 3, "fewshot.batch_size": 2,
+              "fewshot.num_workers": 0, "progress": "false",
               "eval_split": "test", "tracking.model_name": "atom-sample-fewshot", **extra}
     return [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
             *[f"{k}={v}" for k, v in values.items()]]
@@ -129,7 +129,7 @@ def test_adapted_models_are_registered_apart_from_trained_ones():
     """`atom adapt` must not add versions to, or move the alias of, the model `atom train` registers for the data."""
     from recipes import compose
 
-    assert compose("adapt", ["base=atom-sample-base/1"]).tracking.model_name == "atom-sample-fewshot"
+    assert compose("adapt", ["model=atom-sample-base/1"]).tracking.model_name == "atom-sample-fewshot"
     assert compose("train", []).tracking.model_name == "atom-sample"
 
 
@@ -137,7 +137,7 @@ def test_adapted_models_are_registered_apart_from_trained_ones():
     ({"shots": 1000}, "pool holds only"),
     ({"classes": "[car]"}, "collide with base model"),
     ({"classes": "[giraffe]"}, "not in the dataset's classes"),
-    ({"model.input_size": 320}, "input_size"),
+    ({"detector.input_size": 320}, "input_size"),
     ({"mode": "sideways"}, "mode 'sideways'"),
     ({"fewshot.transfer": "features"}, "transfer 'features'"),
     ({"fewshot.classifier": "softmax"}, "classifier 'softmax'"),

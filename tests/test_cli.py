@@ -1,7 +1,9 @@
-"""The `atom` command: every subcommand has --help, and start-up imports no heavy library."""
+"""The `atom` command: every subcommand has --help; the recipe commands behave like Hydra applications (config
+groups in --help, --cfg job, multirun, one-line errors, a user config folder); start-up imports no heavy library."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,17 +11,28 @@ import pytest
 
 from atom import PROJECT_ROOT
 
-SUBCOMMANDS = [[], ["data"], ["data", "import"], ["data", "sample"], ["data", "list"], ["data", "show"],
-               ["train"], ["evaluate"], ["export"], ["demo"],
-               ["label"], ["label", "init"], ["label", "import"], ["label", "pull"], ["label", "predict"],
-               ["label", "serve"], ["label", "queue"]]
+PLAIN = [[], ["data"], ["data", "import"], ["data", "sample"], ["data", "list"], ["data", "show"], ["demo"],
+         ["label"]]
+HYDRA = [["train"], ["evaluate"], ["export"], ["adapt"], ["label", "init"], ["label", "import"], ["label", "pull"],
+         ["label", "predict"], ["label", "serve"], ["label", "queue"]]
 
 
-@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "atom")
+def atom(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "atom.cli", *args], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("words", PLAIN, ids=lambda w: " ".join(w) or "atom")
 def test_help(words):
-    out = subprocess.run([sys.executable, "-m", "atom.cli", *words, "--help"], capture_output=True, text=True,
-                         cwd=PROJECT_ROOT)
+    out = atom(*words, "--help")
     assert out.returncode == 0 and "usage: atom" in out.stdout
+
+
+@pytest.mark.parametrize("words", HYDRA, ids=lambda w: " ".join(w))
+def test_recipe_help_lists_the_config_groups(words):
+    out = atom(*words, "--help")
+    assert out.returncode == 0 and f"atom {words[0]} is powered by Hydra" in out.stdout
+    assert "== Configuration groups ==" in out.stdout and "paths: default" in out.stdout
 
 
 def test_help_imports_no_heavy_library():
@@ -29,7 +42,48 @@ def test_help_imports_no_heavy_library():
     assert out.stdout.strip() == "[]"
 
 
+def test_cfg_job_composes_without_running():
+    out = atom("train", "--cfg", "job", "detector=lite1", "experiment=vehicles")
+    assert out.returncode == 0 and "backbone: tf_efficientnet_lite1" in out.stdout and "name: vehicles" in out.stdout
+    assert atom("train", "--info").returncode == 0
+    assert "model: atom-x@candidate" in atom("evaluate", "--cfg", "job", "model=atom-x@candidate").stdout
+
+
+def test_a_typo_or_an_unknown_option_is_one_line_with_the_choices():
+    typo = atom("train", "trainer.max_epoch=3")
+    assert typo.returncode == 1 and "Could not override 'trainer.max_epoch'" in typo.stderr
+    assert "Traceback" not in typo.stderr
+    unknown = atom("train", "data=nope")
+    assert unknown.returncode == 1 and "Available options in 'data'" in unknown.stderr and "vehicles" in unknown.stderr
+
+
 def test_export_of_unknown_model_exits_nonzero(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "atom.cli", "export", "model=missing@candidate",
-                          f"paths.output_dir={tmp_path}"], capture_output=True, text=True, cwd=PROJECT_ROOT)
-    assert out.returncode == 1 and "not found in the registry" in out.stderr
+    out = atom("export", "model=missing@candidate", f"paths.output_dir={tmp_path}")
+    assert out.returncode == 1 and "not found in the registry" in out.stderr and "Traceback" not in out.stderr
+    assert "INFO mlflow" not in out.stderr  # library set-up chatter stays quiet ...
+    verbose = atom("-v", "export", "model=missing@candidate", f"paths.output_dir={tmp_path / 'v'}")
+    assert "INFO mlflow" in verbose.stderr  # ... unless asked for
+
+
+def test_a_user_config_folder_adds_a_scene(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "my-scene.yaml").write_text("defaults:\n  - vehicles\n  - _self_\nname: my-scene\n")
+    out = atom("train", "--cfg", "job", "data=my-scene", env={"ATOM_CONFIG_DIR": str(tmp_path)})
+    assert out.returncode == 0 and "name: my-scene" in out.stdout and "batch_size" in out.stdout
+
+
+def test_adapt_runs_where_train_does():
+    from recipes import compose
+
+    cfg = compose("adapt", ["model=atom-x/1", "trainer=gpu"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "16-mixed"
+
+
+@pytest.mark.slow
+def test_multirun_goes_on_past_a_failing_job(trained, project):
+    """`-m` sweeps like any Hydra app; a job's user error is reported and the others still run."""
+    good = f"{trained['result']['model_name']}@candidate"
+    out = atom("evaluate", "-m", f"model=missing@candidate,{good}", f"paths.datasets={project['datasets']}",
+               f"paths.output_dir={project['outputs']}", "hydra.sweep.dir=" + str(project["outputs"] / "sweep"))
+    assert out.returncode == 1 and "1 job(s) failed" in out.stderr and "missing" in out.stderr
+    assert '"mAP50"' in out.stdout  # the second job ran

@@ -153,7 +153,7 @@ def test_preannotations_have_their_own_threshold_cap_and_class_map(label_studio,
     from atom.labelstudio.project import Preannotation
 
     ref = tracking.resolve_model(f"{trained['result']['model_name']}@candidate")
-    detector = tracking.load_detector(ref)  # tiny: many low-scoring boxes (model.score_thresh=0.01)
+    detector = tracking.load_detector(ref)  # tiny: many low-scoring boxes (detector.score_thresh=0.01)
     scene = _scene(label_studio, sample_export, "shown", 4)
     capital = Scene(scene.name, [c.capitalize() for c in CLASSES], scene.images)
     with pytest.raises(LabelStudioError, match="'bus' -> 'Bus'"):

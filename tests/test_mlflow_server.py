@@ -23,7 +23,7 @@ def test_train_and_export_against_a_tracking_server(mlflow_server, project, monk
     assert ref.version == result["model_version"]
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
     out = export(compose("export", [f"paths.datasets={project['datasets']}", f"paths.output_dir={tmp_path}",
-                                    f"registered_model={result['model_name']}@staging"]))
+                                    f"model={result['model_name']}@staging"]))
     assert out["verification"]["passed"]
     client = MlflowClient(mlflow_server)
     assert client.get_model_version(ref.name, ref.version).tags["bundle.onnx"].startswith("runs:/")

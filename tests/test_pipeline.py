@@ -27,28 +27,28 @@ EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
     cfg = compose("train", [f"experiment={experiment}"])
-    assert cfg.data.name and cfg.model.backbone and cfg.trainer.accelerator == "cpu"
+    assert cfg.data.name and cfg.detector.backbone and cfg.trainer.accelerator == "cpu"
 
 
-SIZES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml"))
+SIZES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "detector").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_every_model_size_builds_with_its_imagenet_weights(size):
-    """The ladder (model=lite0|lite1|lite2): each composes, loads its offline ImageNet weights and detects at its
+    """The ladder (detector=lite0|lite1|lite2): each composes, loads its offline ImageNet weights and detects at its
     own input size; a larger size is a larger network."""
     import torch
 
     from atom.models.backbones import PRETRAINED
     from atom.models.detector import Detector, DetectorSpec
 
-    spec = compose("train", [f"model={size}"]).model
+    spec = compose("train", [f"detector={size}"]).detector
     assert spec.backbone in PRETRAINED and spec.input_size % 32 == 0
     detector = Detector(DetectorSpec(**spec, classes=["a", "b"])).eval()
     with torch.no_grad():
         boxes, scores = detector(torch.zeros(1, 3, spec.input_size, spec.input_size))
     assert boxes.shape[-1] == 4 and scores.shape[-1] == 2
-    params = {s: sum(p.numel() for p in Detector(DetectorSpec(**{**compose("train", [f"model={s}"]).model,
+    params = {s: sum(p.numel() for p in Detector(DetectorSpec(**{**compose("train", [f"detector={s}"]).detector,
                                                                  "classes": ["a"], "pretrained": False})).parameters())
               for s in SIZES}
     assert list(params.values()) == sorted(params.values()), params
@@ -74,7 +74,7 @@ def test_tiny_training_registers_a_model_version(trained, project):
     assert ref.tags["dataset.fingerprint"] == project["version"].fingerprint
     assert ref.tags["git.commit"]
     run = MlflowClient().get_run(ref.run_id)
-    assert run.data.params["model.backbone"] == "tf_efficientnet_lite0"
+    assert run.data.params["detector.backbone"] == "tf_efficientnet_lite0"
     assert "test/mAP50" in run.data.metrics or "val/mAP50" in run.data.metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(ref.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/pr_curves.png", "evaluation/predictions.jpg"} <= artifacts
@@ -92,7 +92,7 @@ def test_resume_continues_an_interrupted_run(project):
 
 def test_evaluate_recipe_writes_metrics(trained, project):
     cfg = compose("evaluate", [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
-                               f"registered_model={trained['result']['model_name']}@candidate"])
+                               f"model={trained['result']['model_name']}@candidate"])
     result = evaluate(cfg)
     assert json.loads((Path(result["output"]) / "metrics.json").read_text())["mAP50"] == result["mAP50"]
     assert (Path(result["output"]) / "pr_curves.png").stat().st_size > 1000
@@ -104,7 +104,7 @@ def test_evaluate_a_model_of_a_class_subset_in_its_own_order(project):
     result = train(compose("train", ["experiment=sample", *tiny_overrides(project, "subset"),
                                      "data.classes=[pedestrian,car]", "tracking.model_name=atom-sample-subset"]))
     cfg = compose("evaluate", [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
-                               f"registered_model={result['model_name']}/{result['model_version']}"])
+                               f"model={result['model_name']}/{result['model_version']}"])
     evaluated = evaluate(cfg)
     assert list(evaluated["per_class"]) == ["pedestrian", "car"]
     assert evaluated["mAP50"] == pytest.approx(result["mAP50"]) and evaluated["split"] == "test"
@@ -112,7 +112,7 @@ def test_evaluate_a_model_of_a_class_subset_in_its_own_order(project):
 
 def _export_cfg(project, model, *extra):
     return compose("export", [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
-                              f"registered_model={model}", *extra])
+                              f"model={model}", *extra])
 
 
 def test_onnx_export_is_verified_and_logged(trained, project):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 
+from atom.errors import ConfigError
+
 
 def _letterbox(size: int) -> list:
     return [A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR),
@@ -43,6 +45,6 @@ POLICIES = {"none": _none, "flip": _flip, "light": _light, "strong": _strong}
 
 def build_policy(name: str, size: int) -> A.Compose:
     if name not in POLICIES:
-        raise ValueError(f"unknown augmentation policy {name!r}; choose one of {sorted(POLICIES)}")
+        raise ConfigError(f"unknown augmentation policy {name!r}; choose one of {sorted(POLICIES)}")
     return A.Compose(POLICIES[name](size), bbox_params=A.BboxParams(
         format="pascal_voc", label_fields=["labels"], min_visibility=0.3, min_width=2, min_height=2, clip=True))

@@ -19,6 +19,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Request
 
 from atom.data.formats import resolve_task_image
 from atom.data.report import ImportReport
+from atom.errors import ConfigError
 from atom.inference import predict_images
 from atom.labelstudio.project import Preannotation, control_names, to_prediction
 
@@ -41,7 +42,7 @@ def _authorized(header: str | None, token: str) -> bool:
 
 def create_app(detector, model_version: str, document_root: Path, token: str, shown: Preannotation | None = None):
     if not token:
-        raise ValueError("the ML backend needs a token (ATOM_ML_BACKEND_TOKEN or serve.token)")
+        raise ConfigError("the ML backend needs a token (ATOM_ML_BACKEND_TOKEN or serve.token)")
     shown = shown or Preannotation()
     app = FastAPI(title="ATOM Label Studio ML backend")
     lock = threading.Lock()  # one inference at a time: the detector is not shared across threads

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
+from atom.errors import ConfigError
 from atom.models.backbones import create_backbone, normalization
 
 
@@ -51,16 +52,16 @@ class DetectorSpec:
             mean, std = normalization(self.backbone)
             self.mean, self.std = list(mean), list(std)
         if not self.classes:
-            raise ValueError("a detector needs at least one class")
+            raise ConfigError("a detector needs at least one class")
         if self.input_size % 32:
-            raise ValueError(f"input_size {self.input_size} must be a multiple of 32 (the coarsest stride)")
+            raise ConfigError(f"input_size {self.input_size} must be a multiple of 32 (the coarsest stride)")
         self.class_groups = list(self.class_groups) or [len(self.classes)]
         if sum(self.class_groups) != len(self.classes) or min(self.class_groups) < 1:
-            raise ValueError(f"class_groups {self.class_groups} must split the {len(self.classes)} classes")
+            raise ConfigError(f"class_groups {self.class_groups} must split the {len(self.classes)} classes")
         for name in ("own_features", "cosine_heads"):
             heads = tuple(getattr(self, name))
             if any(not 0 <= g < len(self.class_groups) for g in heads):
-                raise ValueError(f"{name} {heads}: no such head ({len(self.class_groups)} heads)")
+                raise ConfigError(f"{name} {heads}: no such head ({len(self.class_groups)} heads)")
             setattr(self, name, heads)
 
     def to_dict(self) -> dict:
