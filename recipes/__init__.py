@@ -6,11 +6,14 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from atom import PROJECT_ROOT
+from recipes import schema
 
 CONF_DIR = PROJECT_ROOT / "conf"
 
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+schema.register()  # the structured configs of the detector and fewshot groups
 
 
 def compose(config_name: str, overrides: list[str] = ()) -> DictConfig:

@@ -139,9 +139,6 @@ def test_adapted_models_are_registered_apart_from_trained_ones():
     ({"classes": "[giraffe]"}, "not in the dataset's classes"),
     ({"detector.input_size": 320}, "input_size"),
     ({"mode": "sideways"}, "mode 'sideways'"),
-    ({"fewshot.transfer": "features"}, "transfer 'features'"),
-    ({"fewshot.classifier": "softmax"}, "classifier 'softmax'"),
-    ({"fewshot.head_init": "pretrained"}, "head_init 'pretrained'"),
     ({"fewshot.transfer": "detector", "fewshot.unfreeze_backbone": "true"}, "use transfer=imagenet or mode=novel"),
 ])
 def test_bad_requests_fail_before_training(project, base_model, extra, message):
@@ -154,6 +151,17 @@ def test_bad_requests_fail_before_training(project, base_model, extra, message):
     with pytest.raises(AdaptationError, match=message):
         adapt(compose("adapt", adapt_overrides(project, base_model, run_name="bad-request", **extra)))
     assert sorted(p.name for p in runs.iterdir()) == before  # no run started
+
+
+@pytest.mark.parametrize("override", ["fewshot.transfer=features", "fewshot.classifier=softmax",
+                                      "fewshot.head_init=pretrained"])
+def test_unknown_fewshot_choices_fail_at_composition(override):
+    from hydra.errors import ConfigCompositionException
+
+    from recipes import compose
+
+    with pytest.raises(ConfigCompositionException, match=override.split("=")[0]):
+        compose("adapt", ["model=x/1", override])
 
 
 @pytest.mark.parametrize("lineage, error, message", [

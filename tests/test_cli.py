@@ -87,3 +87,27 @@ def test_multirun_goes_on_past_a_failing_job(trained, project):
                f"paths.output_dir={project['outputs']}", "hydra.sweep.dir=" + str(project["outputs"] / "sweep"))
     assert out.returncode == 1 and "1 job(s) failed" in out.stderr and "missing" in out.stderr
     assert '"mAP50"' in out.stdout  # the second job ran
+
+
+@pytest.mark.parametrize("override,message", [
+    ("fewshot.transfer=foo", "fewshot.transfer"), ("detector.input_size=big", "detector.input_size"),
+    ("detector.backbon=x", "detector.backbon")])
+def test_bad_values_fail_at_composition(override, message):
+    from hydra.errors import ConfigCompositionException
+
+    from recipes import compose
+
+    with pytest.raises(ConfigCompositionException, match=message):
+        compose("adapt" if override.startswith("fewshot") else "train", ["model=x/1", override]
+                if override.startswith("fewshot") else [override])
+
+
+def test_the_schemas_choices_are_the_librarys():
+    from atom import fewshot
+    from atom.data.augment import POLICIES
+    from recipes import schema
+
+    assert [m.value for m in schema.Transfer] == list(fewshot.TRANSFERS)
+    assert [m.value for m in schema.HeadInit] == list(fewshot.HEAD_INITS)
+    assert [m.value for m in schema.Classifier] == list(fewshot.CLASSIFIERS)
+    assert [m.value for m in schema.Policy] == list(POLICIES)
