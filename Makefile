@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: venv demo test bench bench-latency
+.PHONY: venv demo test test-fast bench bench-latency
 venv: $(VENV)/.installed
 
 # torch/torchvision first, pinned: on our machines these exact builds come from local disk.
@@ -29,6 +29,10 @@ $(LS_VENV)/.installed:
 
 test: venv $(LS_VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The cheap tests (no training, no servers, no ../shared): under a minute, for the edit-test loop.
+test-fast: venv
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not server and not shared and not accuracy"
 
 # Benchmarks print numbers, record them in benchmarks/results/ and compare them with the last recorded run.
 bench: venv

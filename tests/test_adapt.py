@@ -15,6 +15,8 @@ from atom.data.version import DatasetError
 from atom.models.detector import CosineClassifier
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # every test here trains a tiny base detector or adapts one
+
 
 def adapt_overrides(project, base: str, **extra) -> list[str]:
     """Shrink an adaptation to seconds through config only."""
@@ -52,7 +54,9 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
     assert manifest["model"]["classes"] == ["car", "bus", "pedestrian"]
     assert manifest["postprocess"]["class_groups"]["sizes"] == [2, 1]
     assert "1 head(s) with a backbone + FPN of their own" in manifest["model"]["architecture"]
-    assert 0.0 <= result["nAP50"] <= 1.0 and 0.0 <= result["bAP50"] <= 1.0
+    per_class = {c: v["AP50"] for c, v in result["per_class"].items()}  # nAP50/bAP50: means over the right classes
+    assert result["nAP50"] == pytest.approx(per_class["pedestrian"])
+    assert result["bAP50"] == pytest.approx((per_class["car"] + per_class["bus"]) / 2)
     ref = tracking.resolve_model(f"{result['model_name']}/{result['model_version']}")
     assert ref.tags["base.model"] == f"models:/{base_model}"
     shots = json.loads(ref.tags["fewshot.shot_image_ids"])
@@ -125,14 +129,6 @@ def test_the_new_head_starts_from_the_base_head_or_fresh(project, base_model, mo
         assert all(torch.allclose(c.bias, torch.full_like(c.bias, prior)) for c in detector.heads[new].cls)
 
 
-def test_adapted_models_are_registered_apart_from_trained_ones():
-    """`atom adapt` must not add versions to, or move the alias of, the model `atom train` registers for the data."""
-    from recipes import compose
-
-    assert compose("adapt", ["model=atom-sample-base/1"]).tracking.model_name == "atom-sample-fewshot"
-    assert compose("train", []).tracking.model_name == "atom-sample"
-
-
 @pytest.mark.parametrize("extra, message", [
     ({"shots": 1000}, "pool holds only"),
     ({"classes": "[car]"}, "collide with base model"),
@@ -151,17 +147,6 @@ def test_bad_requests_fail_before_training(project, base_model, extra, message):
     with pytest.raises(AdaptationError, match=message):
         adapt(compose("adapt", adapt_overrides(project, base_model, run_name="bad-request", **extra)))
     assert sorted(p.name for p in runs.iterdir()) == before  # no run started
-
-
-@pytest.mark.parametrize("override", ["fewshot.transfer=features", "fewshot.classifier=softmax",
-                                      "fewshot.head_init=pretrained"])
-def test_unknown_fewshot_choices_fail_at_composition(override):
-    from hydra.errors import ConfigCompositionException
-
-    from recipes import compose
-
-    with pytest.raises(ConfigCompositionException, match=override.split("=")[0]):
-        compose("adapt", ["model=x/1", override])
 
 
 @pytest.mark.parametrize("lineage, error, message", [

@@ -57,6 +57,7 @@ def test_a_typo_or_an_unknown_option_is_one_line_with_the_choices():
     assert unknown.returncode == 1 and "Available options in 'data'" in unknown.stderr and "vehicles" in unknown.stderr
 
 
+@pytest.mark.slow  # creates two MLflow stores (their schema migrations take seconds)
 def test_export_of_unknown_model_exits_nonzero(tmp_path):
     out = atom("export", "model=missing@candidate", f"paths.output_dir={tmp_path}")
     assert out.returncode == 1 and "not found in the registry" in out.stderr and "Traceback" not in out.stderr
@@ -111,3 +112,22 @@ def test_the_schemas_choices_are_the_librarys():
     assert [m.value for m in schema.HeadInit] == list(fewshot.HEAD_INITS)
     assert [m.value for m in schema.Classifier] == list(fewshot.CLASSIFIERS)
     assert [m.value for m in schema.Policy] == list(POLICIES)
+
+
+def test_adapted_models_are_registered_apart_from_trained_ones():
+    """`atom adapt` must not add versions to, or move the alias of, the model `atom train` registers for the data."""
+    from recipes import compose
+
+    assert compose("adapt", ["model=atom-sample-base/1"]).tracking.model_name == "atom-sample-fewshot"
+    assert compose("train", []).tracking.model_name == "atom-sample"
+
+
+@pytest.mark.parametrize("override", ["fewshot.transfer=features", "fewshot.classifier=softmax",
+                                      "fewshot.head_init=pretrained"])
+def test_unknown_fewshot_choices_fail_at_composition(override):
+    from hydra.errors import ConfigCompositionException
+
+    from recipes import compose
+
+    with pytest.raises(ConfigCompositionException, match=override.split("=")[0]):
+        compose("adapt", ["model=x/1", override])
