@@ -19,6 +19,18 @@ NOTICES = (  # regular expressions of warnings that say nothing to an ATOM user
 )
 
 
+OWN = ("atom", "recipes", "exporters", "benchmarks", "__main__")
+
+
+class OwnLines(logging.Filter):
+    """The console's filter (conf/hydra/job_logging/atom.yaml): ATOM's own lines, and others' warnings and errors;
+    everything with ATOM_VERBOSE=1. Libraries set their loggers' levels when they are imported, later than any
+    start-up code could, so the console filters instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in OWN or verbose()
+
+
 def verbose() -> bool:
     return os.environ.get("ATOM_VERBOSE", "") not in ("", "0")
 

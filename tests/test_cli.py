@@ -131,3 +131,14 @@ def test_unknown_fewshot_choices_fail_at_composition(override):
 
     with pytest.raises(ConfigCompositionException, match=override.split("=")[0]):
         compose("adapt", ["model=x/1", override])
+
+
+@pytest.mark.slow
+def test_the_console_shows_atoms_lines_and_the_log_file_everything(tmp_path):
+    out = atom("train", f"paths.output_dir={tmp_path}", f"paths.datasets={tmp_path / 'none'}")
+    assert out.returncode == 1 and "no dataset named 'sample'" in out.stderr
+    assert "Seed set to" not in out.stdout + out.stderr  # Lightning's INFO line: quiet on the console ...
+    (log,) = (tmp_path / "hydra").glob("*/train.log")
+    assert "Seed set to 0" in log.read_text()  # ... and kept in the job's log file
+    verbose = atom("-v", "train", f"paths.output_dir={tmp_path}", f"paths.datasets={tmp_path / 'none'}")
+    assert "Seed set to" in verbose.stdout + verbose.stderr
