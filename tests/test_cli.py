@@ -18,8 +18,11 @@ HYDRA = [["train"], ["evaluate"], ["export"], ["adapt"], ["label", "init"], ["la
 
 
 def atom(*args, env=None):
+    # mlflow.set_tracking_uri() in this process (other tests' fixtures) exports MLFLOW_TRACKING_URI; the CLI under
+    # test must use the store its own paths.output_dir names.
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run([sys.executable, "-m", "atom.cli", *args], capture_output=True, text=True,
-                          cwd=PROJECT_ROOT, env={**os.environ, **(env or {})})
+                          cwd=PROJECT_ROOT, env={**base, **(env or {})})
 
 
 @pytest.mark.parametrize("words", PLAIN, ids=lambda w: " ".join(w) or "atom")
