@@ -30,7 +30,7 @@ from benchmarks import history  # noqa: E402
 
 
 def our_graph(model: str, size: int | None, out: Path) -> tuple[Path, int]:
-    """Export the detector config `model` (conf/model/<model>.yaml) at `size` (its own when None)."""
+    """Export the detector config `model` (conf/detector/<model>.yaml) at `size` (its own when None)."""
     import torch
 
     from atom.models.detector import Detector, DetectorSpec
@@ -95,7 +95,7 @@ def time_alternating(sessions: dict, size: int, batch: int, runs: int, block: in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["lite0"], help="detector configs (conf/model/), each at its "
+    ap.add_argument("--models", nargs="+", default=["lite0"], help="detector configs (conf/detector/), each at its "
                     "own input size unless --size")
     ap.add_argument("--size", type=int, help="one input size for every detector")
     ap.add_argument("--yolo-size", type=int, default=320, help="YOLOv8n's input size (0: not timed)")

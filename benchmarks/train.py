@@ -79,7 +79,7 @@ def table(rows: list[dict]) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=["vehicles"], choices=sorted(shared.FORMATS))
-    ap.add_argument("--models", nargs="+", default=["lite0"], help="detector configs (conf/model/)")
+    ap.add_argument("--models", nargs="+", default=["lite0"], help="detector configs (conf/detector/)")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--no-export", dest="export", action="store_false", help="skip the ONNX export and latency")
