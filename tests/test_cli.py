@@ -17,12 +17,16 @@ HYDRA = [["train"], ["evaluate"], ["export"], ["adapt"], ["label", "init"], ["la
          ["label", "predict"], ["label", "serve"], ["label", "queue"]]
 
 
+# The CLI under test runs in the environment the suite started with (taken at collection, before any test runs):
+# tests that run recipes in this process export variables a child would inherit — mlflow.set_tracking_uri()
+# exports MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI, atom.logs.quiet_libraries() MLFLOW_LOGGING_LEVEL=WARNING (which
+# silenced `atom -v`). Nor does a store of the developer's own leak in: the CLI uses the one paths.output_dir names.
+START_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 def atom(*args, env=None):
-    # mlflow.set_tracking_uri() in this process (other tests' fixtures) exports MLFLOW_TRACKING_URI; the CLI under
-    # test must use the store its own paths.output_dir names.
-    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run([sys.executable, "-m", "atom.cli", *args], capture_output=True, text=True,
-                          cwd=PROJECT_ROOT, env={**base, **(env or {})})
+                          cwd=PROJECT_ROOT, env={**START_ENV, **(env or {})})
 
 
 @pytest.mark.parametrize("words", PLAIN, ids=lambda w: " ".join(w) or "atom")
