@@ -1,7 +1,8 @@
 """Structured configs (Hydra's ConfigStore) for the groups whose values are easy to get wrong: the detector spec
 and the few-shot recipe. A mistyped key, a string where a number goes or an unknown choice fails at composition
-with Hydra's one-line message, before anything loads or trains. Registered as `schema` in each group; the group's
-options list it first in their defaults. The choices mirror atom/fewshot.py and atom/data/augment.py (a test
+with Hydra's one-line message, before anything loads or trains. Registered as root-level
+`detector_schema` and `fewshot_schema`; the groups' options list theirs first in their defaults
+(`/detector_schema@_here_`). The choices mirror atom/fewshot.py and atom/data/augment.py (a test
 checks that they agree).
 """
 
@@ -79,5 +80,6 @@ class FewShotConfig:
 
 def register() -> None:
     cs = ConfigStore.instance()
-    cs.store(group="detector", name="schema", node=DetectorConfig)
-    cs.store(group="fewshot", name="schema", node=FewShotConfig)
+    # Root-level nodes, not options of the groups: `--help` lists a group's options, and a schema is none.
+    cs.store(name="detector_schema", node=DetectorConfig)
+    cs.store(name="fewshot_schema", node=FewShotConfig)

@@ -40,6 +40,7 @@ def test_recipe_help_lists_the_config_groups(words):
     out = atom(*words, "--help")
     assert out.returncode == 0 and f"atom {words[0]} is powered by Hydra" in out.stdout
     assert "== Configuration groups ==" in out.stdout and "paths: default" in out.stdout
+    assert "schema" not in out.stdout.split("== Config ==")[0]  # a group's typing is not one of its options
 
 
 def test_help_imports_no_heavy_library():
