@@ -32,6 +32,7 @@ from benchmarks import history, shared  # noqa: E402
 DATASETS = {  # novel classes, base-training experiment (conf/experiment/); the others are base classes
     "vehicles": {"novel": ["Motorcycle", "Ambulance"], "experiment": "vehicles_base"},
     "bccd": {"novel": ["Platelets"], "experiment": "bccd_base"},
+    "street": {"novel": ["biker", "cyclist"], "experiment": "street_base"},
 }
 VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the rest measure the recipe's choices
     "generalized": [],  # the default recipe: base + novel classes
