@@ -24,11 +24,11 @@ def train(cfg: DictConfig) -> dict:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     from atom import tracking
     from atom.data.version import DatasetError, open_version
-    from atom.training.callbacks import TrainThroughput
+    from atom.training.callbacks import RampedEMA, TrainThroughput
     from atom.training.datamodule import DetectionDataModule
     from atom.training.module import DetectionModule
 
@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if cfg.callbacks.get("ema"):  # validation, checkpoints and the registered detector then hold the averaged weights
-        callbacks.append(EMAWeightAveraging(**cfg.callbacks.ema))
+        callbacks.append(RampedEMA(**cfg.callbacks.ema))
     trainer = pl.Trainer(logger=logger, callbacks=callbacks, default_root_dir=run_dir,
                          **OmegaConf.to_container(cfg.trainer))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resuming else None)

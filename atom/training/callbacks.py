@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import WeightAveraging
 
 
 class TrainThroughput(pl.Callback):
@@ -26,3 +28,17 @@ class TrainThroughput(pl.Callback):
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+
+class RampedEMA(WeightAveraging):
+    """Exponential moving average of the weights whose decay ramps up, decay * (1 - exp(-updates / ramp_steps)), as
+    YOLOv5/8 do: a fixed decay from the first step would keep the random initial head in the average for hundreds of
+    steps of a short run (at 0.995, val mAP50 was still 0.0 after 6 vehicles epochs). Validation, checkpoints and
+    the final weights are the averaged ones (Lightning's WeightAveraging)."""
+
+    def __init__(self, decay: float = 0.998, ramp_steps: int = 100):
+        def avg_fn(averaged, current, updates):
+            d = decay * (1 - math.exp(-float(updates) / ramp_steps))
+            return averaged * d + current * (1 - d)
+
+        super().__init__(avg_fn=avg_fn)
