@@ -91,6 +91,25 @@ def test_resume_continues_an_interrupted_run(project):
 
 
 @pytest.mark.slow
+def test_ema_weights_are_validated_checkpointed_and_registered(project):
+    """callbacks.ema: the best checkpoint and the registered detector hold the averaged weights, not the raw ones
+    the optimiser trained (those stay in the checkpoint's current_model_state for resuming)."""
+    import torch
+
+    result = train(compose("train", ["experiment=sample", *tiny_overrides(project, "ema"),
+                                     "trainer.limit_train_batches=4", "callbacks.ema={decay:0.9,ramp_steps:1}",
+                                     "tracking.model_name=atom-sample-ema"]))
+    ckpt = torch.load(Path(project["outputs"]) / "runs" / "ema" / "checkpoints" / "best.ckpt", weights_only=False)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    head = [k for k in averaged if k.startswith("detector.") and averaged[k].is_floating_point() and "head" in k]
+    assert head and any(not torch.equal(averaged[k], raw[k]) for k in head)
+    tracking.configure(project["outputs"])
+    registered = tracking.load_detector(tracking.resolve_model(f"atom-sample-ema/{result['model_version']}"))
+    for k in head:
+        assert torch.equal(registered.state_dict()[k.removeprefix("detector.")], averaged[k])
+
+
+@pytest.mark.slow
 def test_evaluate_recipe_writes_metrics(trained, project):
     cfg = compose("evaluate", [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
                                f"model={trained['result']['model_name']}@candidate"])
