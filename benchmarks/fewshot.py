@@ -11,7 +11,7 @@ finishes (benchmarks/history.py); the table covers the recorded runs of the curr
     .venv/bin/python benchmarks/fewshot.py bccd --shots 10 --seeds 3 --variants generalized unfreeze mosaic
     .venv/bin/python benchmarks/fewshot.py vehicles --base atom-vehicles-base@candidate --full atom-vehicles-full/1
     .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --shots 10 --first-seed 5 --seeds 2
-    .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --report
+    .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --report [--commit 08354d0]
     .venv/bin/python benchmarks/fewshot.py vehicles --base ... --full ... --override fewshot.steps_per_sqrt_image=40
 """
 
@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0, help="add seeds to earlier runs of the same commit")
     ap.add_argument("--report", action="store_true", help="only print the table of this commit's logged runs")
+    ap.add_argument("--commit", help="the commit (a prefix) whose recorded runs the table shows (default: this one)")
     ap.add_argument("--variants", nargs="+", default=["generalized", "imagenet"], choices=sorted(VARIANTS))
     ap.add_argument("--base", help="a registered base model to reuse (default: train it)")
     ap.add_argument("--full", help="a registered full-data model to reuse (default: train it; 'skip': none)")
@@ -116,7 +117,7 @@ def main() -> int:
     print(f"references on {EVAL_SPLIT}: base detector bAP50 {base_bap:.3f}; full data nAP50 {full_nap:.3f} "
           f"bAP50 {full_bap:.3f}  {json.dumps(refs)}")
 
-    commit = tracking.git_commit()
+    commit = args.commit or tracking.git_commit()
     for variant in [] if args.report else args.variants:
         for k in args.shots:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -136,7 +137,7 @@ def main() -> int:
                 print(json.dumps(row["setup"] | row["numbers"]), flush=True)
 
     rows = [{**r["setup"], **r["numbers"]} for r in history.load("fewshot")
-            if r["commit"] == commit and "variant" in r["setup"] and r["setup"]["dataset"] == args.dataset
+            if r["commit"].startswith(commit) and "variant" in r["setup"] and r["setup"]["dataset"] == args.dataset
             and r["setup"].get("overrides", []) == args.overrides]
     n_eval = len(version.coco(EVAL_SPLIT)["images"])
     print(f"\n{args.dataset}, runs of commit {commit[:10]}: {EVAL_SPLIT} ({n_eval} images), novel {setup['novel']}, "
@@ -144,7 +145,7 @@ def main() -> int:
     print(f"full-data nAP50 {full_nap:.3f} (80% = {0.8 * full_nap:.3f}), base bAP50 before {base_bap:.3f}")
     print(f"{'variant':<14} {'K':>3} {'seeds':>5} {'nAP50':>14} {'% of full':>9} {'bAP50':>14} {'ΔbAP50':>7} "
           f"{'wall s':>7}")
-    fmt = lambda v: f"{statistics.fmean(v):.3f} ± {statistics.pstdev(v):.3f}" if v else "-"  # noqa: E731
+    fmt = lambda v: f"{statistics.fmean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0:.3f}" if v else "-"  # noqa: E731
     for variant in args.variants:
         for k in args.shots:
             group = [r for r in rows if r["variant"] == variant and r["shots"] == k]
