@@ -5,7 +5,7 @@ train split with the novel classes' boxes removed) is adapted, and the result is
 variant and K: mean ± std over seeds of nAP50 (novel classes) and bAP50 (base classes), and the wall time of one
 adaptation. References: the base detector before adaptation, and the same detector trained on the full train
 split with every class (full data). Every run and reference is recorded in benchmarks/results/fewshot.jsonl as it
-finishes (benchmarks/history.py); the table covers the recorded runs of the current commit.
+finishes (benchmarks/history.py); the table covers the recorded runs of the current commit (or of --commit).
 
     .venv/bin/python benchmarks/fewshot.py vehicles                       # K 1 5 10 30, 5 seeds, main variants
     .venv/bin/python benchmarks/fewshot.py bccd --shots 10 --seeds 3 --variants generalized unfreeze mosaic
