@@ -145,8 +145,7 @@ def main() -> int:
     print(f"full-data nAP50 {full_nap:.3f} (80% = {0.8 * full_nap:.3f}), base bAP50 before {base_bap:.3f}")
     print(f"{'variant':<14} {'K':>3} {'seeds':>5} {'nAP50':>14} {'% of full':>9} {'bAP50':>14} {'ΔbAP50':>7} "
           f"{'wall s':>7}")
-    std = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-    fmt = lambda v: f"{statistics.fmean(v):.3f} ± {std(v):.3f}" if v else "-"  # noqa: E731
+    fmt = lambda v: history.mean_std(v) if v else "-"  # noqa: E731
     for variant in args.variants:
         for k in args.shots:
             group = [r for r in rows if r["variant"] == variant and r["shots"] == k]

@@ -89,13 +89,22 @@ def _numeric(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def spread(values: list[float]) -> float:
+    """The sample standard deviation over seeds; 0 for a single run."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f} ± {spread(values):.3f}"
+
+
 def summary(rows: list[dict]) -> dict[str, tuple[float, float, int]]:
     """name -> (mean, standard deviation, runs) over rows, for the numeric numbers."""
     names = {n for r in rows for n, v in r["numbers"].items() if _numeric(v)}
     out = {}
     for n in sorted(names):
         vals = [float(r["numbers"][n]) for r in rows if _numeric(r["numbers"].get(n))]
-        out[n] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+        out[n] = (statistics.fmean(vals), spread(vals), len(vals))
     return out
 
 

@@ -67,10 +67,9 @@ def table(rows: list[dict]) -> list[str]:
     for key, group in history.groups(rows).items():
         s = group[0]["setup"]
         f = lambda n: [r["numbers"][n] for r in group if n in r["numbers"]]  # noqa: E731
-        ms = lambda v: f"{statistics.fmean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0:.3f}"  # noqa: E731
         lat = f"{statistics.fmean(f('onnx_latency_ms_batch1')):.1f}" if f("onnx_latency_ms_batch1") else "-"
-        lines.append(f"{s['data']:<9} {s['model']:<6} {len(group):>5} {ms(f('test_mAP50')):>15} "
-                     f"{ms(f('test_mAP50_95')):>15} {statistics.fmean(f('train_wall_min')):>9.1f} "
+        lines.append(f"{s['data']:<9} {s['model']:<6} {len(group):>5} {history.mean_std(f('test_mAP50')):>15} "
+                     f"{history.mean_std(f('test_mAP50_95')):>15} {statistics.fmean(f('train_wall_min')):>9.1f} "
                      f"{statistics.fmean(f('train_images_per_s')):>6.1f} {group[0]['numbers']['parameters_M']:>8.2f} "
                      f"{lat:>9}  {' '.join(s['overrides'])}")
     return lines
