@@ -122,13 +122,15 @@ def main() -> int:
         for k in args.shots:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cfg = compose("adapt", [f"model={base_ref}", f"data={args.dataset}", f"shots={k}", f"seed={seed}",
-                                        "progress=false", f"eval_split={EVAL_SPLIT}", *common, f"run_name=fewshot-{variant}-k{k}-s{seed}",
+                                        "progress=false", f"eval_split={EVAL_SPLIT}", *common,
+                                        f"run_name=fewshot-{variant}-k{k}-s{seed}",
                                         f"tracking.model_name=atom-{args.dataset}-fewshot-{variant}",
                                         f"classes=[{','.join(setup['novel'])}]", *VARIANTS[variant], *args.overrides])
                 t = time.perf_counter()
                 result = adapt(cfg)
                 numbers = {"nAP50": round(result["nAP50"], 4), "wall_s": round(time.perf_counter() - t, 1),
-                           "steps": result["steps"], "shot_images": result["shot_images"]}
+                           "steps": result["steps"], "shot_images": result["shot_images"],
+                           "exported": "bundle" in result}  # wall_s includes the verified export
                 if "bAP50" in result:
                     numbers["bAP50"] = round(result["bAP50"], 4)
                 row = history.record("fewshot", {"dataset": args.dataset, "variant": variant, "shots": k,

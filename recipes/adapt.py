@@ -1,7 +1,8 @@
-"""Adapt a registered detector to a new scene from K labeled images per new class; register (and export) it.
+"""Adapt a registered detector to a new scene from K labeled images per new class; register and export it.
 
     atom adapt model=atom-vehicles-base@candidate data=vehicles shots=10            (generalized: base + new)
-    atom adapt model=... data=my-scene shots=5 mode=novel export=onnx              (new classes only, exported)
+    atom adapt model=... data=my-scene shots=5 mode=novel                          (new classes only)
+    atom adapt model=... data=my-scene "~export"                                   (no bundle, e.g. in a sweep)
 """
 
 from __future__ import annotations

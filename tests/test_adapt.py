@@ -19,12 +19,12 @@ pytestmark = pytest.mark.slow  # every test here trains a tiny base detector or 
 
 
 def adapt_overrides(project, base: str, **extra) -> list[str]:
-    """Shrink an adaptation to seconds through config only."""
+    """Shrink an adaptation to seconds through config only (without the export, where a test passes no export=)."""
     values = {"model": base, "shots": 2, "fewshot.min_steps": 3, "fewshot.max_steps": 3, "fewshot.batch_size": 2,
               "fewshot.num_workers": 0, "progress": "false",
               "eval_split": "test", "tracking.model_name": "atom-sample-fewshot", **extra}
     return [f"paths.datasets={project['datasets']}", f"paths.output_dir={project['outputs']}",
-            *[f"{k}={v}" for k, v in values.items()]]
+            *[f"{k}={v}" for k, v in values.items()], *([] if "export" in extra else ["~export"])]
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +222,7 @@ def test_adapt_on_real_vehicles(shared_datasets, tmp_path):
                                    "data.num_workers=0"]))
     assert base["model_name"] == "atom-vehicles-base"
     result = adapt(compose("adapt", [*adapt_overrides(dirs, f"atom-vehicles-base/{base['model_version']}",
-                                                      shots=1), "data=vehicles"]))
+                                                      shots=1, export="onnx"), "data=vehicles"]))
     assert result["shot_images"] <= 2 and set(result["per_class"]) == {"Bus", "Car", "Truck", "Ambulance", "Motorcycle"}
     assert {"nAP50", "bAP50"} <= set(result)
+    assert (Path(result["bundle"]) / "model.onnx").exists()  # verified on real images of the scene

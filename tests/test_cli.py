@@ -130,6 +130,13 @@ def test_adapted_models_are_registered_apart_from_trained_ones():
     assert compose("train", []).tracking.model_name == "atom-sample"
 
 
+def test_adapted_models_are_exported_unless_asked_not_to():
+    from recipes import compose
+
+    assert compose("adapt", ["model=atom-sample-base/1"]).export.format == "onnx"
+    assert "export" not in compose("adapt", ["model=atom-sample-base/1", "~export"])
+
+
 @pytest.mark.parametrize("override", ["fewshot.transfer=features", "fewshot.classifier=softmax",
                                       "fewshot.head_init=pretrained"])
 def test_unknown_fewshot_choices_fail_at_composition(override):
