@@ -131,11 +131,14 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = False,
-          classifier: str = "linear", head_init: str = "base") -> Detector:
+          classifier: str = "linear", head_init: str = "base", scale: float = 1.0) -> Detector:
     """The detector to train, with everything it must not change frozen. Trainable: the new head and the FPN it
     reads (generalized with `imagenet`: its own; novel: the detector's), plus the later stages of that backbone
     with `unfreeze_backbone` (partial unfreezing). In generalized mode every base part stays frozen. `head_init`
-    (HEAD_INITS) says where the trainable FPN, towers and box regression start."""
+    (HEAD_INITS) says where the trainable FPN, towers and box regression start. `scale` is the resolution of the
+    new classes relative to the base's input: novel mode letterboxes images to input_size x scale (real pixels);
+    generalized mode keeps the base's input (its classes stay bit-identical) and upsamples it for the new head's
+    own backbone (`DetectorSpec.feature_scales`)."""
     _check_choice("transfer", transfer, TRANSFERS)
     _check_choice("classifier", classifier, CLASSIFIERS)
     _check_choice("head_init", head_init, HEAD_INITS)
@@ -143,15 +146,24 @@ def build(base: Detector, p: Plan, transfer: str, unfreeze_backbone: bool = Fals
     if unfreeze_backbone and generalized and transfer == "detector":
         raise AdaptationError("unfreeze_backbone with transfer=detector would change the base classes' features: "
                               "use transfer=imagenet or mode=novel")
+    if scale != 1.0 and generalized and transfer == "detector":
+        raise AdaptationError(f"scale={scale} with transfer=detector: the new head reads the base's features at the "
+                              "base's resolution; use transfer=imagenet or mode=novel")
+    size = base.spec.input_size * scale
+    if scale <= 0 or size % 32:
+        raise AdaptationError(f"scale={scale}: input size {base.spec.input_size} x {scale} = {size:g} must be a "
+                              "positive multiple of 32 (the coarsest stride)")
     new = len(base.heads) if generalized else 0
     spec = base.spec.to_dict() | {"classes": p.classes, "pretrained": False}
     cosine = (new,) if classifier == "cosine" else ()
     if generalized:
         spec |= {"class_groups": [*base.spec.class_groups, len(p.new_classes)],
                  "own_features": (*base.spec.own_features, *([new] if transfer == "imagenet" else [])),
-                 "cosine_heads": (*base.spec.cosine_heads, *cosine)}
+                 "cosine_heads": (*base.spec.cosine_heads, *cosine),
+                 "feature_scales": (*base.spec.feature_scales, scale)}
     else:
-        spec |= {"class_groups": [], "own_features": (), "cosine_heads": cosine}
+        spec |= {"class_groups": [], "own_features": (), "cosine_heads": cosine, "feature_scales": (),
+                 "input_size": int(size)}
     detector = Detector(DetectorSpec(**spec))
     if generalized:  # every base module keeps its name, weights and outputs
         detector.load_state_dict(base.state_dict(), strict=False)

@@ -50,24 +50,23 @@ def adapt(cfg: DictConfig) -> dict:
     plan = fewshot.plan(base.spec, cfg.model, version, cfg.mode, cfg.classes, OmegaConf.to_container(cfg.detector))
     shots = fewshot.sample_shots(version, cfg.data.train_split, plan.new_classes, cfg.shots, cfg.seed)
     images = fewshot.shot_images(shots)
+    detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone, fs.classifier, fs.head_init, fs.scale)
+    size = detector.spec.input_size  # the base's, but novel mode with fewshot.scale letterboxes larger
     negatives = None
     if fs.negatives:  # the base classes' boxes in the base model's training data: known background for the new head
         base_data = lineage_version(base_ref, cfg.paths.datasets, "; or adapt without them: fewshot.negatives=0")
-        negatives = KnownNegatives(base_data, tracking.training_split(base_ref), base.spec.input_size, fs.policy,
-                                   base.spec.classes)
+        negatives = KnownNegatives(base_data, tracking.training_split(base_ref), size, fs.policy, base.spec.classes)
         if not len(negatives):
             raise fewshot.AdaptationError(f"{base_data.root}: no box of base model {base_ref.uri}'s classes "
                                           f"{base.spec.classes} to learn from; set fewshot.negatives=0")
-    detector = fewshot.build(base, plan, fs.transfer, fs.unfreeze_backbone, fs.classifier, fs.head_init)
     steps = fewshot.steps_for(len(images), fs.steps_per_sqrt_image, fs.min_steps, fs.max_steps)
-    log.info("adapting %s to %s (%s, transfer %s, head from %s, %d shot images, %d steps)", base_ref.uri,
-             plan.new_classes, cfg.mode, fs.transfer, fs.head_init, len(images), steps)
+    log.info("adapting %s to %s (%s, transfer %s, head from %s, scale %g, %d shot images, %d steps)", base_ref.uri,
+             plan.new_classes, cfg.mode, fs.transfer, fs.head_init, fs.scale, len(images), steps)
 
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     logger, _ = mlflow_logger(cfg, version, run_dir)
-    train_set = DetectionDataset(version, cfg.data.train_split, base.spec.input_size, fs.policy, images,
-                                 plan.new_classes)
+    train_set = DetectionDataset(version, cfg.data.train_split, size, fs.policy, images, plan.new_classes)
     if fs.mosaic > 0:
         train_set = Mosaic(train_set, fs.mosaic)
     parts = [(train_set, fs.batch_size)] + ([(negatives, fs.negatives)] if negatives is not None else [])
@@ -90,7 +89,7 @@ def adapt(cfg: DictConfig) -> dict:
     detector = module.detector.eval()
 
     extra = {"shots": cfg.shots, "seed": cfg.seed, "mode": cfg.mode, "transfer": fs.transfer,
-             "head_init": fs.head_init, "shot_images": len(images),
+             "head_init": fs.head_init, "scale": fs.scale, "shot_images": len(images),
              "negative_pool": len(negatives) if negatives is not None else 0, "steps": steps,
              "train_images_per_s": round(throughput.images_per_s, 2)}
     metrics, predictions = {}, None
@@ -106,7 +105,7 @@ def adapt(cfg: DictConfig) -> dict:
 
     tags = {**tracking.lineage_tags(version), "base.model": base_ref.uri, "fewshot.mode": cfg.mode,
             "fewshot.shots": str(cfg.shots), "fewshot.seed": str(cfg.seed), "fewshot.transfer": fs.transfer,
-            "fewshot.head_init": fs.head_init, "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")),
+            "fewshot.head_init": fs.head_init, "fewshot.scale": str(fs.scale), "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")),
             "fewshot.split": cfg.data.train_split}
     if metrics:
         key = cfg.eval_split.replace("+", "_")  # MLflow names allow no "+"

@@ -67,6 +67,7 @@ class FewShotConfig:
     head_init: HeadInit = HeadInit.base
     classifier: Classifier = Classifier.linear
     unfreeze_backbone: bool = False
+    scale: float = 1.0
     policy: Policy = Policy.strong
     mosaic: float = 0.0
     batch_size: int = 8

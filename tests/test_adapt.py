@@ -46,14 +46,15 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
     from recipes.adapt import adapt
 
     result = adapt(compose("adapt", adapt_overrides(project, base_model, seed=1, export="onnx",
-                                                    **{"fewshot.negatives": 1})))
+                                                    **{"fewshot.negatives": 1, "fewshot.scale": 2})))
     assert result["mode"] == "generalized"
     assert result["negative_pool"] > 0  # the base's training images that hold a car or a bus
     manifest = json.loads((project["outputs"] / "bundles" / result["model_name"] / f"v{result['model_version']}"
                            / "onnx" / "manifest.json").read_text())  # the two-head graph exported and verified
     assert manifest["model"]["classes"] == ["car", "bus", "pedestrian"]
     assert manifest["postprocess"]["class_groups"]["sizes"] == [2, 1]
-    assert "1 head(s) with a backbone + FPN of their own" in manifest["model"]["architecture"]
+    assert "1 head(s) with a backbone + FPN of their own, reading the input upsampled [2.0]x" \
+        in manifest["model"]["architecture"]  # the new head at twice the base's resolution
     per_class = {c: v["AP50"] for c, v in result["per_class"].items()}  # nAP50/bAP50: means over the right classes
     assert result["nAP50"] == pytest.approx(per_class["pedestrian"])
     assert result["bAP50"] == pytest.approx((per_class["car"] + per_class["bus"]) / 2)
@@ -65,6 +66,7 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
     base = tracking.load_detector(tracking.resolve_model(base_model))
     adapted = tracking.load_detector(ref)
     assert adapted.spec.classes == ["car", "bus", "pedestrian"] and adapted.spec.class_groups == [2, 1]
+    assert adapted.spec.feature_scales == (1.0, 2.0) and adapted.spec.input_size == base.spec.input_size
     # transfer=imagenet (default): the new head reads a backbone of its own, still the ImageNet one (frozen)
     from atom.models.backbones import create_backbone
 
@@ -76,7 +78,8 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
     with torch.no_grad():
         base_boxes, base_scores = base(images)
         boxes, scores = adapted(images)
-    n = base_boxes.shape[1]  # the base head's locations come first, unchanged
+    n = base_boxes.shape[1]  # the base head's locations come first, unchanged; the new head's: 4x as many
+    assert boxes.shape[1] == 5 * n
     assert torch.equal(boxes[:, :n], base_boxes) and torch.equal(scores[:, :n, :2], base_scores)
     assert torch.all(scores[:, :n, 2] == 0) and torch.all(scores[:, n:, :2] == 0)
     # ... and after post-processing: the new head's detections never displace the base classes' (caps per head)
@@ -91,13 +94,14 @@ def test_novel_adaptation(project, base_model):
     from recipes.adapt import adapt
 
     result = adapt(compose("adapt", adapt_overrides(project, base_model, mode="novel", export="onnx", **{
-        "fewshot.transfer": "detector", "fewshot.classifier": "cosine",
+        "fewshot.transfer": "detector", "fewshot.classifier": "cosine", "fewshot.scale": 1.5,
         "fewshot.optim.lr": 1e-4})))  # 3 steps of at most ~lr each
     assert result["transfer"] == "detector" and "bAP50" not in result
     assert (Path(result["bundle"]) / "model.onnx").exists()  # the cosine classifier exported and verified
     adapted = tracking.load_detector(tracking.resolve_model(f"{result['model_name']}/{result['model_version']}"))
     base = tracking.load_detector(tracking.resolve_model(base_model))
     assert adapted.spec.classes == ["pedestrian"] and len(adapted.heads) == 1
+    assert adapted.spec.input_size == base.spec.input_size * 1.5  # novel mode's scale: real pixels
     assert adapted.spec.cosine_heads == (0,) and isinstance(adapted.heads[0].cls[0], CosineClassifier)
     # detector transfer: the backbone (frozen) is the base model's; neck and towers start from it (3 small steps)
     ours, theirs = adapted.state_dict(), base.state_dict()
@@ -136,6 +140,8 @@ def test_the_new_head_starts_from_the_base_head_or_fresh(project, base_model, mo
     ({"detector.input_size": 320}, "input_size"),
     ({"mode": "sideways"}, "mode 'sideways'"),
     ({"fewshot.transfer": "detector", "fewshot.unfreeze_backbone": "true"}, "use transfer=imagenet or mode=novel"),
+    ({"fewshot.transfer": "detector", "fewshot.scale": 2}, "use transfer=imagenet or mode=novel"),
+    ({"fewshot.scale": 1.1}, "positive multiple of 32"),
 ])
 def test_bad_requests_fail_before_training(project, base_model, extra, message):
     from atom.fewshot import AdaptationError

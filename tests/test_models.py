@@ -9,6 +9,7 @@ from PIL import Image
 
 from atom.data.augment import POLICIES, build_policy
 from atom.models.backbones import create_backbone, load_pretrained_classifier
+from atom.errors import ConfigError
 from atom.models.detector import CosineClassifier, Detector, DetectorSpec
 from atom.models.loss import assign, fcos_loss
 
@@ -106,14 +107,41 @@ def test_a_head_with_features_of_its_own():
                    if isinstance(m, torch.nn.BatchNorm2d))  # freeze_bn covers its backbone too
 
 
+def test_a_head_at_twice_the_resolution():
+    """A head with features of its own at feature_scale 2 has twice as many locations per side, at half the
+    stride, in input pixels; the other head's outputs are those of the detector without it, bit for bit; and the
+    loss's size ranges follow the stride, so a 24-pixel box is learned at the finest level of either head."""
+    images = torch.rand(1, 3, 128, 128) * 255
+    plain = Detector(DetectorSpec(classes=["a"], pretrained=False)).eval()
+    spec = DetectorSpec(classes=["a", "b"], class_groups=[1, 1], own_features=[1], feature_scales=[1, 2],
+                        pretrained=False)
+    detector = Detector(spec).eval()
+    detector.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        base = plain.forward_raw(images)
+        cls, reg, ctr, points, strides = detector.forward_raw(images, head=1)
+        both = detector(images)
+    n = (128 // 8) ** 2 + (128 // 16) ** 2 + (128 // 32) ** 2
+    assert cls.shape[1] == 4 * n and sorted(set(strides.tolist())) == [4.0, 8.0, 16.0]
+    assert points[0].tolist() == [2.0, 2.0] and points[:, 0].max() < 128
+    assert torch.equal(both[1][:, :n, 0], torch.sqrt(torch.sigmoid(base[0][..., 0]) * torch.sigmoid(base[2])))
+    box = torch.tensor([[40.0, 40, 64, 64]])
+    idx, _ = assign(points, strides, box)
+    assert (idx >= 0).any() and set(strides[idx >= 0].tolist()) == {4.0}
+    with pytest.raises(ConfigError, match="features of its own"):
+        DetectorSpec(classes=["a", "b"], class_groups=[1, 1], feature_scales=[1, 2], pretrained=False)
+
+
 def test_detectors_pickled_before_own_features_still_load():
     import pickle
 
     detector = Detector(DetectorSpec(classes=["a"], pretrained=False)).eval()
     del detector._modules["own_features"]  # as pickled by older code
-    del detector.spec.__dict__["own_features"], detector.spec.__dict__["cosine_heads"]
+    for name in ("own_features", "cosine_heads", "feature_scales"):
+        del detector.spec.__dict__[name]
     loaded = pickle.loads(pickle.dumps(detector))
     assert loaded.spec.own_features == () and len(loaded.own_features) == 0 and loaded.spec.cosine_heads == ()
+    assert loaded.spec.feature_scales == (1.0,)
     boxes, scores = loaded(torch.zeros(1, 3, 64, 64))
     assert scores.shape[-1] == 1
 

@@ -39,6 +39,10 @@ class DetectorSpec:
     # Heads whose classifier scores the scaled cosine similarity of features and class weights (TFA's few-shot
     # classifier) instead of a linear 1x1 conv. A tuple for the same reason.
     cosine_heads: tuple[int, ...] = ()
+    # Per head, the factor its input is upsampled by before its own backbone (empty: 1 for every head): a few-shot
+    # head for small new objects sees them larger while the base head keeps its input, so base outputs stay
+    # bit-identical. Only a head with features of its own can have a factor other than 1.
+    feature_scales: tuple[float, ...] = ()
     freeze_stages: int = 2  # backbone stages (after the stem) kept frozen; -1 freezes nothing
     freeze_bn: bool = False  # keep backbone BatchNorm in eval mode (conf/model/lite0.yaml: measured worse)
     score_thresh: float = 0.05
@@ -63,14 +67,19 @@ class DetectorSpec:
             if any(not 0 <= g < len(self.class_groups) for g in heads):
                 raise ConfigError(f"{name} {heads}: no such head ({len(self.class_groups)} heads)")
             setattr(self, name, heads)
+        self.feature_scales = tuple(float(f) for f in self.feature_scales) or (1.0,) * len(self.class_groups)
+        if len(self.feature_scales) != len(self.class_groups):
+            raise ConfigError(f"feature_scales {self.feature_scales}: one per head ({len(self.class_groups)} heads)")
+        for g, f in enumerate(self.feature_scales):
+            if f != 1.0 and (g not in self.own_features or f <= 0 or (self.input_size * f) % 32):
+                raise ConfigError(f"feature_scales[{g}] = {f}: only a head with features of its own can be scaled, "
+                                  f"and input_size x scale ({self.input_size} x {f}) must be a multiple of 32")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 STRIDES = (8, 16, 32)
-# Object sizes (longest box side of the regression target) each level is responsible for, FCOS-style.
-SIZE_RANGES = ((0, 64), (64, 128), (128, 1e8))
 PRE_NMS_TOP_K = 1000  # bounds NMS work on a poorly trained model
 NO_CLASS_LOGIT = -1e4  # another head's classes at a head's locations: score exactly 0 after the sigmoid
 
@@ -167,9 +176,11 @@ class Detector(nn.Module):
                 self.freeze(*[f"{prefix}.{n}" for n in stem],
                             *[f"{prefix}.blocks.{i}" for i in range(spec.freeze_stages)])
 
-    def __setstate__(self, state):  # detectors pickled before heads could have features of their own
+    def __setstate__(self, state):  # detectors pickled before heads could have features or scales of their own
         super().__setstate__(state)
         self._modules.setdefault("own_features", nn.ModuleDict())
+        if not self.spec.feature_scales:
+            self.spec.feature_scales = (1.0,) * len(self.spec.class_groups)
 
     def backbones(self) -> list[tuple[str, nn.Module]]:
         """(name, module) of the shared backbone and of every head's own."""
@@ -198,9 +209,12 @@ class Detector(nn.Module):
         return self
 
     # -- network
-    def _head_levels(self, x: torch.Tensor, g: int, shared: list):
-        """Head g's raw outputs per level on normalised images x; `shared` caches the shared FPN levels."""
+    def _head_levels(self, x: torch.Tensor, g: int, shared: list, scale: float):
+        """Head g's raw outputs per level on normalised images x (upsampled by `scale` for a head with features of
+        its own); `shared` caches the shared FPN levels."""
         if str(g) in self.own_features:
+            if scale != 1.0:
+                x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
             return self.heads[g](self.own_features[str(g)](x))
         if not shared:
             shared.append(self.neck(self.backbone(x)))
@@ -213,18 +227,22 @@ class Detector(nn.Module):
         (C = its classes only; only the features it reads are computed)."""
         # Channels-last: oneDNN CPU convolutions ran 1.4-2x faster so (training and inference); ONNX ignores it.
         x, shared = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last), []
+        scales = self.spec.feature_scales
         if head is not None or len(self.heads) == 1:
-            return self._decode(self._head_levels(x, head or 0, shared))
-        outs = [self._decode(self._head_levels(x, g, shared)) for g in range(len(self.heads))]
+            g = head or 0
+            return self._decode(self._head_levels(x, g, shared, scales[g]), scales[g])
+        outs = [self._decode(self._head_levels(x, g, shared, scales[g]), scales[g]) for g in range(len(self.heads))]
         groups = self.spec.class_groups
         cls = [F.pad(o[0], (sum(groups[:g]), sum(groups[g + 1:])), value=NO_CLASS_LOGIT) for g, o in enumerate(outs)]
         return (torch.cat(cls, 1), torch.cat([o[1] for o in outs], 1), torch.cat([o[2] for o in outs], 1),
                 torch.cat([o[3] for o in outs]), torch.cat([o[4] for o in outs]))
 
     @staticmethod
-    def _decode(levels):
+    def _decode(levels, scale: float = 1.0):
+        """Per location: logits, ltrb distances, centerness, location and stride, in input pixels (a head whose
+        input was upsampled by `scale` has strides STRIDES / scale)."""
         cls, reg, ctr, points, strides = [], [], [], [], []
-        for (c, r), stride in zip(levels, STRIDES):
+        for (c, r), stride in zip(levels, [s / scale if scale != 1.0 else s for s in STRIDES]):
             # Python ints: an exported graph holds the locations as constants (only the batch size varies).
             h, w = int(c.shape[-2]), int(c.shape[-1])
             cls.append(c.flatten(2).transpose(1, 2))
@@ -232,7 +250,7 @@ class Detector(nn.Module):
             reg.append(F.softplus(r[..., :4]) * stride)
             ctr.append(r[..., 4])
             ys, xs = torch.meshgrid(torch.arange(h, device=c.device), torch.arange(w, device=c.device), indexing="ij")
-            points.append(torch.stack([xs, ys], -1).reshape(-1, 2).float() * stride + stride // 2)
+            points.append(torch.stack([xs, ys], -1).reshape(-1, 2).float() * stride + stride / 2)
             strides.append(torch.full((h * w,), float(stride), device=c.device))
         return torch.cat(cls, 1), torch.cat(reg, 1), torch.cat(ctr, 1), torch.cat(points), torch.cat(strides)
 

@@ -1,7 +1,7 @@
 """FCOS training targets and loss: focal loss for classes, GIoU for boxes, BCE for centerness.
 
 Assignment: a location is positive for a box when it lies in the box's centre region (radius x stride) and the
-box's regression target fits the location's level (SIZE_RANGES); ties go to the smallest box.
+box's regression target fits the location's level (`size_ranges`); ties go to the smallest box.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from atom.models.detector import SIZE_RANGES, STRIDES
-
 CENTER_RADIUS = 1.5
 
 
-def _size_ranges(strides: torch.Tensor) -> torch.Tensor:
-    lo = torch.zeros_like(strides)
-    hi = torch.zeros_like(strides)
-    for stride, (a, b) in zip(STRIDES, SIZE_RANGES):
-        lo[strides == stride], hi[strides == stride] = a, b
+def size_ranges(strides: torch.Tensor) -> torch.Tensor:
+    """The longest box sides (of the regression target) each location's level is responsible for, FCOS-style: a
+    level of stride s takes 4s..8s, the finest level everything smaller, the coarsest everything larger (strides
+    8/16/32: 0-64, 64-128, 128+). Relative to the stride, so that it holds for a head whose input was upsampled
+    (`DetectorSpec.feature_scales`: strides 4/8/16 at 2x); `strides` are one head's."""
+    lo = torch.where(strides == strides.min(), torch.zeros_like(strides), 4 * strides)
+    hi = torch.where(strides == strides.max(), torch.full_like(strides, float("inf")), 8 * strides)
     return torch.stack([lo, hi], -1)
 
 
@@ -34,7 +34,7 @@ def assign(points, strides, boxes: torch.Tensor):
     r = strides[:, None] * CENTER_RADIUS
     in_center = ((px - cx).abs() < r) & ((py - cy).abs() < r)
     in_box = ltrb.min(-1).values > 0
-    ranges = _size_ranges(strides)
+    ranges = size_ranges(strides)
     longest = ltrb.max(-1).values
     fits_level = (longest >= ranges[:, 0:1]) & (longest <= ranges[:, 1:2])
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[None].expand(n, -1).clone()
