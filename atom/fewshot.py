@@ -28,6 +28,9 @@ import math
 import random
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
+
 from atom.data.version import DatasetVersion
 from atom.errors import AtomError
 from atom.models.backbones import create_backbone
@@ -190,3 +193,40 @@ def steps_for(n_images: int, per_sqrt_image: float, min_steps: int, max_steps: i
     """Training steps grow with the square root of the number of shot images: enough passes for K=1 to fit, not
     so many that K=30 overfits or runs long."""
     return int(min(max(round(per_sqrt_image * math.sqrt(n_images)), min_steps), max_steps))
+
+
+def zoom_crops(images: torch.Tensor, targets: list[dict], zoom: float, size: int) -> tuple[torch.Tensor, list[dict]]:
+    """What a head at `scale` trains on, for the cost of size x size images: each image upsampled by `zoom` as that
+    head's own backbone sees it at inference (generalized mode; novel mode's images are letterboxed larger already,
+    zoom 1), then cut to a size x size window around a random one of its boxes (else of its negatives), targets
+    moved along. A box less than half inside the window is dropped (so it is neither an object nor background that
+    the window's edge cut); the head sees the whole upsampled image at inference (fully convolutional)."""
+    if zoom != 1.0:
+        images = F.interpolate(images, scale_factor=zoom, mode="bilinear", align_corners=False)
+    height, width = images.shape[-2:]
+    margin = size // 8  # the chosen box's centre stays this far inside the window
+    crops, moved = [], []
+    for image, target in zip(images, targets):
+        boxes = {k: v * zoom for k, v in target.items() if k in ("boxes", "negatives")}
+        anchors = boxes["boxes"] if len(boxes["boxes"]) else boxes.get("negatives", boxes["boxes"])
+        box = anchors[torch.randint(len(anchors), ()).item()] if len(anchors) else None
+        origin = []
+        for axis, extent in ((0, width), (1, height)):
+            lo, hi = 0.0, float(extent - size)
+            if box is not None:  # window origins that keep the box's centre `margin` inside
+                centre = float(box[axis] + box[axis + 2]) / 2
+                lo, hi = max(lo, centre - size + margin), min(hi, centre - margin)
+            origin.append(int(min(max(lo + torch.rand(()).item() * max(hi - lo, 0.0), 0), extent - size)))
+        x0, y0 = origin
+        crops.append(image[:, y0:y0 + size, x0:x0 + size])
+        shift = torch.tensor([x0, y0, x0, y0], dtype=images.dtype, device=images.device)
+        out = dict(target)
+        for key, b in boxes.items():
+            inside = (b - shift).clamp(min=0, max=size)
+            area = lambda t: (t[:, 2] - t[:, 0]).clamp(min=0) * (t[:, 3] - t[:, 1]).clamp(min=0)  # noqa: E731
+            keep = area(inside) >= 0.5 * area(b).clamp(min=1e-6)
+            out[key] = inside[keep]
+            if key == "boxes":
+                out["labels"] = target["labels"][keep]
+        moved.append(out)
+    return torch.stack(crops), moved

@@ -73,7 +73,11 @@ def adapt(cfg: DictConfig) -> dict:
     batches = MixedBatches([len(d) for d, _ in parts], [n for _, n in parts], steps)
     loader = DataLoader(ConcatDataset([d for d, _ in parts]), batch_sampler=batches, collate_fn=collate,
                         num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0)
-    module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim)
+    # A new head at another scale than the input trains on windows of the input's size, at its scale: the same
+    # cost per step as scale 1 (generalized: the input upsampled as at inference; novel: letterboxed larger).
+    zoom = {"zoom": fs.scale if cfg.mode == "generalized" else 1.0, "crop": base.spec.input_size}
+    module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim,
+                             **(zoom if fs.scale != 1.0 else {}))
     throughput = TrainThroughput()
     # Where it runs comes from the trainer group (as for `atom train`); how long, from the few-shot plan.
     where = {k: cfg.trainer[k] for k in ("accelerator", "devices", "precision", "deterministic")}

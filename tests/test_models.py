@@ -112,19 +112,19 @@ def test_a_head_at_twice_the_resolution():
     stride, in input pixels; the other head's outputs are those of the detector without it, bit for bit; and the
     loss's size ranges follow the stride, so a 24-pixel box is learned at the finest level of either head."""
     images = torch.rand(1, 3, 128, 128) * 255
-    plain = Detector(DetectorSpec(classes=["a"], pretrained=False)).eval()
-    spec = DetectorSpec(classes=["a", "b"], class_groups=[1, 1], own_features=[1], feature_scales=[1, 2],
+    plain = Detector(DetectorSpec(classes=["a", "b"], pretrained=False)).eval()
+    spec = DetectorSpec(classes=["a", "b", "c"], class_groups=[2, 1], own_features=[1], feature_scales=[1, 2],
                         pretrained=False)
     detector = Detector(spec).eval()
     detector.load_state_dict(plain.state_dict(), strict=False)
     with torch.no_grad():
-        base = plain.forward_raw(images)
+        base = plain(images)
         cls, reg, ctr, points, strides = detector.forward_raw(images, head=1)
         both = detector(images)
     n = (128 // 8) ** 2 + (128 // 16) ** 2 + (128 // 32) ** 2
     assert cls.shape[1] == 4 * n and sorted(set(strides.tolist())) == [4.0, 8.0, 16.0]
     assert points[0].tolist() == [2.0, 2.0] and points[:, 0].max() < 128
-    assert torch.equal(both[1][:, :n, 0], torch.sqrt(torch.sigmoid(base[0][..., 0]) * torch.sigmoid(base[2])))
+    assert torch.equal(both[0][:, :n], base[0]) and torch.equal(both[1][:, :n, :2], base[1])
     box = torch.tensor([[40.0, 40, 64, 64]])
     idx, _ = assign(points, strides, box)
     assert (idx >= 0).any() and set(strides[idx >= 0].tolist()) == {4.0}
@@ -265,3 +265,32 @@ def test_backbone_batchnorm_trains_unless_frozen():
     assert training_bn(DetectorSpec(classes=["a"], pretrained=False)) == {True, False}  # frozen stages: eval
     assert training_bn(DetectorSpec(classes=["a"], pretrained=False, freeze_stages=-1)) == {True}
     assert training_bn(DetectorSpec(classes=["a"], pretrained=False, freeze_bn=True)) == {False}
+
+
+def test_zoom_crops_cut_windows_around_boxes_at_the_heads_scale():
+    """A head at 2x trains on input-sized windows of the upsampled images: every window holds a box (or, for an
+    image of negatives only, a negative) moved with it, boxes mostly outside are dropped, pixels match the
+    upsampled image."""
+    import torch.nn.functional as F
+
+    from atom.fewshot import zoom_crops
+
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 64, 64) * 255
+    targets = [{"boxes": torch.tensor([[50.0, 50, 60, 62]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[2.0, 2, 10, 8], [40, 4, 44, 8]]), "labels": torch.tensor([0, 1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                "negatives": torch.tensor([[30.0, 30, 40, 40]])}]
+    for _ in range(20):
+        crops, moved = zoom_crops(images, targets, 2.0, 64)
+        assert crops.shape == (3, 3, 64, 64)
+        assert len(moved[0]["boxes"]) == 1 and len(moved[2]["negatives"]) == 1 and len(moved[2]["boxes"]) == 0
+        assert 1 <= len(moved[1]["boxes"]) == len(moved[1]["labels"]) <= 2
+        for t in moved:
+            for b in (t["boxes"], t.get("negatives", t["boxes"])):
+                assert ((b >= 0) & (b <= 64)).all()
+    up = F.interpolate(images[:1], scale_factor=2.0, mode="bilinear", align_corners=False)
+    (x0, y0) = (targets[0]["boxes"][0, :2] * 2 - moved[0]["boxes"][0, :2]).int().tolist()
+    assert torch.equal(crops[0], up[0, :, y0:y0 + 64, x0:x0 + 64])
+    expected = (targets[0]["boxes"][0] * 2 - torch.tensor([x0, y0] * 2)).clamp(0, 64)  # cut at the window's edge
+    assert moved[0]["boxes"][0].tolist() == expected.tolist()

@@ -220,14 +220,15 @@ class Detector(nn.Module):
             shared.append(self.neck(self.backbone(x)))
         return self.heads[g](shared[0])
 
-    def forward_raw(self, images: torch.Tensor, head: int | None = None):
+    def forward_raw(self, images: torch.Tensor, head: int | None = None, at_scale: bool = False):
         """images: B x 3 x H x W float RGB 0..255. Per-location cls logits (B,N,C), ltrb distances in pixels (B,N,4),
         centerness logits (B,N), and the locations (N,2) with their strides (N,). With several heads the locations
         of each head follow one another and a head's locations score only its own classes; `head` selects one head
-        (C = its classes only; only the features it reads are computed)."""
+        (C = its classes only; only the features it reads are computed). `at_scale`: the images are already at the
+        heads' feature scales (training crops, atom.fewshot.zoom_crops): none is upsampled, pixels are theirs."""
         # Channels-last: oneDNN CPU convolutions ran 1.4-2x faster so (training and inference); ONNX ignores it.
         x, shared = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last), []
-        scales = self.spec.feature_scales
+        scales = (1.0,) * len(self.heads) if at_scale else self.spec.feature_scales
         if head is not None or len(self.heads) == 1:
             g = head or 0
             return self._decode(self._head_levels(x, g, shared, scales[g]), scales[g])

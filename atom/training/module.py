@@ -14,11 +14,14 @@ from atom.models.loss import fcos_loss
 
 class DetectionModule(pl.LightningModule):
     """Trains a new detector from `spec`, or a given `detector` (few-shot adaptation) whose frozen parts stay
-    frozen; `head` limits the loss to one head, whose targets are then numbered within its own classes."""
+    frozen; `head` limits the loss to one head, whose targets are then numbered within its own classes. `crop`
+    trains that head on crop x crop windows of the images upsampled by `zoom` (atom.fewshot.zoom_crops): a head
+    at a larger scale than the input for the cost of crop x crop images."""
 
     def __init__(self, spec: dict | None = None, lr: float = 2e-3, weight_decay: float = 0.05,
                  warmup_steps: int = 50, backbone_lr_scale: float = 0.5,
-                 val_gt: dict | None = None, detector: Detector | None = None, head: int | None = None):
+                 val_gt: dict | None = None, detector: Detector | None = None, head: int | None = None,
+                 zoom: float = 1.0, crop: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["val_gt", "detector"])
         self.detector = detector if detector is not None else Detector(DetectorSpec(**spec))
@@ -32,7 +35,12 @@ class DetectionModule(pl.LightningModule):
 
     def training_step(self, batch, _):
         images, targets, _ = batch
-        losses = fcos_loss(self.detector.forward_raw(images, self.hparams.head), targets)
+        crop = self.hparams.crop
+        if crop:
+            from atom.fewshot import zoom_crops
+
+            images, targets = zoom_crops(images, targets, self.hparams.zoom, crop)
+        losses = fcos_loss(self.detector.forward_raw(images, self.hparams.head, at_scale=bool(crop)), targets)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(images))
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(images))
         return losses["loss"]
