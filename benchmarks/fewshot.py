@@ -38,6 +38,7 @@ VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the r
     "generalized": [],  # the default recipe: base + novel classes
     # reference: the same shots from the ImageNet backbone alone: no base detector, no base data
     "imagenet": ["mode=novel", "fewshot.negatives=0", "fewshot.head_init=fresh"],
+    "novel": ["mode=novel"],  # the default recipe keeping only the novel classes (one backbone at inference)
     "no-negatives": ["fewshot.negatives=0"],  # without the base data's boxes as known background
     "fresh-head": ["fewshot.head_init=fresh"],  # the new head's FPN, towers and box regression start random
     "detector": ["fewshot.transfer=detector"],  # the novel head starts from the base detector (TFA-style)

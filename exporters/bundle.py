@@ -100,9 +100,9 @@ def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: Dataset
             "format": fmt_name,
             "file": file,
             "architecture": f"{spec.backbone} + FPN(P3-P5, {spec.fpn_channels}) + FCOS-style head"
-                            + (f" (+ {len(spec.own_features)} head(s) with a backbone + FPN of their own, reading"
-                               f" the input upsampled {[spec.feature_scales[g] for g in spec.own_features]}x)"
-                               if spec.own_features else ""),
+                            + (f" (+ {len(spec.own_features)} head(s) with a backbone + FPN of their own, at "
+                               + ", ".join(f"{spec.feature_scales[g]:g}x" for g in spec.own_features)
+                               + " the input resolution)" if spec.own_features else ""),
             "classes": spec.classes,
             "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32"},
             "outputs": [

@@ -53,7 +53,7 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
                            / "onnx" / "manifest.json").read_text())  # the two-head graph exported and verified
     assert manifest["model"]["classes"] == ["car", "bus", "pedestrian"]
     assert manifest["postprocess"]["class_groups"]["sizes"] == [2, 1]
-    assert "1 head(s) with a backbone + FPN of their own, reading the input upsampled [2.0]x" \
+    assert "1 head(s) with a backbone + FPN of their own, at 2x the input resolution" \
         in manifest["model"]["architecture"]  # the new head at twice the base's resolution
     per_class = {c: v["AP50"] for c, v in result["per_class"].items()}  # nAP50/bAP50: means over the right classes
     assert result["nAP50"] == pytest.approx(per_class["pedestrian"])

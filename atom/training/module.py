@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from atom.evaluation import coco_evaluate, to_coco_results
+from atom.fewshot import zoom_crops
 from atom.models.detector import Detector, DetectorSpec
 from atom.models.loss import fcos_loss
 
@@ -37,8 +38,6 @@ class DetectionModule(pl.LightningModule):
         images, targets, _ = batch
         crop = self.hparams.crop
         if crop:
-            from atom.fewshot import zoom_crops
-
             images, targets = zoom_crops(images, targets, self.hparams.zoom, crop)
         losses = fcos_loss(self.detector.forward_raw(images, self.hparams.head, at_scale=bool(crop)), targets)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(images))
