@@ -111,6 +111,7 @@ def test_a_head_at_twice_the_resolution():
     """A head with features of its own at feature_scale 2 has twice as many locations per side, at half the
     stride, in input pixels; the other head's outputs are those of the detector without it, bit for bit; and the
     loss's size ranges follow the stride, so a 24-pixel box is learned at the finest level of either head."""
+    torch.manual_seed(0)
     images = torch.rand(1, 3, 128, 128) * 255
     plain = Detector(DetectorSpec(classes=["a", "b"], pretrained=False)).eval()
     spec = DetectorSpec(classes=["a", "b", "c"], class_groups=[2, 1], own_features=[1], feature_scales=[1, 2],
@@ -130,6 +131,25 @@ def test_a_head_at_twice_the_resolution():
     assert (idx >= 0).any() and set(strides[idx >= 0].tolist()) == {4.0}
     with pytest.raises(ConfigError, match="features of its own"):
         DetectorSpec(classes=["a", "b"], class_groups=[1, 1], feature_scales=[1, 2], pretrained=False)
+
+
+@pytest.mark.parametrize("base_classes", [1, 2, 3])
+def test_a_base_heads_scores_are_bit_identical_inside_a_detector_with_more_heads(base_classes):
+    """Scores are computed per head: element-wise kernels round the last bit by memory layout, and a base head's
+    scores computed on the wider tensor of all classes once differed from the base detector's in the 8th digit."""
+    names = list("abcd")[:base_classes]
+    plain = Detector(DetectorSpec(classes=names, pretrained=False)).eval()
+    detector = Detector(DetectorSpec(classes=[*names, "z"], class_groups=[base_classes, 1], own_features=[1],
+                                     pretrained=False)).eval()
+    detector.load_state_dict(plain.state_dict(), strict=False)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        images = torch.rand(2, 3, 96, 96) * 255
+        with torch.no_grad():
+            (b0, s0), (b1, s1) = plain(images), detector(images)
+        n = b0.shape[1]
+        assert torch.equal(b1[:, :n], b0) and torch.equal(s1[:, :n, :base_classes], s0)
+        assert (s1[:, :n, base_classes:] == 0).all() and (s1[:, n:, :base_classes] == 0).all()
 
 
 def test_detectors_pickled_before_own_features_still_load():

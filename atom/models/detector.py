@@ -226,17 +226,23 @@ class Detector(nn.Module):
         of each head follow one another and a head's locations score only its own classes; `head` selects one head
         (C = its classes only; only the features it reads are computed). `at_scale`: the images are already at the
         heads' feature scales (training crops, atom.fewshot.zoom_crops): none is upsampled, pixels are theirs."""
+        outs = self._raw_per_head(images, [head] if head is not None else range(len(self.heads)), at_scale)
+        if len(outs) == 1:
+            return outs[0]
+        cls = [F.pad(o[0], self._others(g), value=NO_CLASS_LOGIT) for g, o in enumerate(outs)]
+        return (torch.cat(cls, 1), torch.cat([o[1] for o in outs], 1), torch.cat([o[2] for o in outs], 1),
+                torch.cat([o[3] for o in outs]), torch.cat([o[4] for o in outs]))
+
+    def _raw_per_head(self, images: torch.Tensor, heads, at_scale: bool = False) -> list[tuple]:
         # Channels-last: oneDNN CPU convolutions ran 1.4-2x faster so (training and inference); ONNX ignores it.
         x, shared = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last), []
         scales = (1.0,) * len(self.heads) if at_scale else self.spec.feature_scales
-        if head is not None or len(self.heads) == 1:
-            g = head or 0
-            return self._decode(self._head_levels(x, g, shared, scales[g]), scales[g])
-        outs = [self._decode(self._head_levels(x, g, shared, scales[g]), scales[g]) for g in range(len(self.heads))]
+        return [self._decode(self._head_levels(x, g, shared, scales[g]), scales[g]) for g in heads]
+
+    def _others(self, g: int) -> tuple[int, int]:
+        """How many classes of other heads come before and after head g's (padding of its class dimension)."""
         groups = self.spec.class_groups
-        cls = [F.pad(o[0], (sum(groups[:g]), sum(groups[g + 1:])), value=NO_CLASS_LOGIT) for g, o in enumerate(outs)]
-        return (torch.cat(cls, 1), torch.cat([o[1] for o in outs], 1), torch.cat([o[2] for o in outs], 1),
-                torch.cat([o[3] for o in outs]), torch.cat([o[4] for o in outs]))
+        return sum(groups[:g]), sum(groups[g + 1:])
 
     @staticmethod
     def _decode(levels, scale: float = 1.0):
@@ -256,11 +262,17 @@ class Detector(nn.Module):
         return torch.cat(cls, 1), torch.cat(reg, 1), torch.cat(ctr, 1), torch.cat(points), torch.cat(strides)
 
     def forward(self, images: torch.Tensor):
-        """Decoded outputs for every location: boxes (B,N,4) xyxy in input pixels, scores (B,N,C) in 0..1."""
-        cls, reg, ctr, points, _ = self.forward_raw(images)
-        boxes = torch.cat([points - reg[..., :2], points + reg[..., 2:]], -1)
-        scores = torch.sqrt(torch.sigmoid(cls) * torch.sigmoid(ctr).unsqueeze(-1))
-        return boxes, scores
+        """Decoded outputs for every location: boxes (B,N,4) xyxy in input pixels, scores (B,N,C) in 0..1 (0 for
+        another head's classes). Scores are computed per head, on tensors shaped as in a detector of that head alone:
+        element-wise kernels round the last bit by memory layout, so a base head's scores inside a few-shot detector
+        would otherwise differ from the base detector's in the 8th digit."""
+        outs = self._raw_per_head(images, range(len(self.heads)))
+        boxes, scores = [], []
+        for g, (cls, reg, ctr, points, _) in enumerate(outs):
+            boxes.append(torch.cat([points - reg[..., :2], points + reg[..., 2:]], -1))
+            s = torch.sqrt(torch.sigmoid(cls) * torch.sigmoid(ctr).unsqueeze(-1))
+            scores.append(F.pad(s, self._others(g)) if len(outs) > 1 else s)
+        return torch.cat(boxes, 1), torch.cat(scores, 1)
 
     # -- inference
     def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor, scales=None) -> list[dict]:
