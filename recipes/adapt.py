@@ -75,9 +75,9 @@ def adapt(cfg: DictConfig) -> dict:
                         num_workers=fs.num_workers, persistent_workers=fs.num_workers > 0)
     # A new head at another scale than the input trains on windows of the input's size, at its scale: the same
     # cost per step as scale 1 (generalized: the input upsampled as at inference; novel: letterboxed larger).
-    zoom = {"zoom": fs.scale if cfg.mode == "generalized" else 1.0, "crop": base.spec.input_size}
     module = DetectionModule(detector=detector, head=len(detector.heads) - 1, **fs.optim,
-                             **(zoom if fs.scale != 1.0 else {}))
+                             zoom=fs.scale if cfg.mode == "generalized" else 1.0,
+                             crop=base.spec.input_size if fs.scale != 1.0 else 0)
     throughput = TrainThroughput()
     # Where it runs comes from the trainer group (as for `atom train`); how long, from the few-shot plan.
     where = {k: cfg.trainer[k] for k in ("accelerator", "devices", "precision", "deterministic")}
@@ -109,8 +109,8 @@ def adapt(cfg: DictConfig) -> dict:
 
     tags = {**tracking.lineage_tags(version), "base.model": base_ref.uri, "fewshot.mode": cfg.mode,
             "fewshot.shots": str(cfg.shots), "fewshot.seed": str(cfg.seed), "fewshot.transfer": fs.transfer,
-            "fewshot.head_init": fs.head_init, "fewshot.scale": str(fs.scale), "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")),
-            "fewshot.split": cfg.data.train_split}
+            "fewshot.head_init": fs.head_init, "fewshot.scale": str(fs.scale),
+            "fewshot.shot_image_ids": json.dumps(shots, separators=(",", ":")), "fewshot.split": cfg.data.train_split}
     if metrics:
         key = cfg.eval_split.replace("+", "_")  # MLflow names allow no "+"
         tags.update({f"{key}.{k}": f"{metrics[k]:.4f}" for k in ("mAP50", "nAP50", "bAP50") if k in metrics})
