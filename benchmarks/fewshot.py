@@ -36,7 +36,10 @@ DATASETS = {  # novel classes, base-training experiment (conf/experiment/); the 
 }
 VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the rest measure the recipe's choices
     "generalized": [],  # the default recipe: base + novel classes
-    # reference: the same shots from the ImageNet backbone alone: no base detector, no base data
+    # reference: the plain fine-tune of the same shots from ImageNet weights (conf/fewshot/finetune.yaml): no base
+    # detector, no base data, the backbone trained too
+    "plain": ["mode=novel", "fewshot=finetune"],
+    # the default recipe's frozen ImageNet backbone without the base (the reference before 'plain')
     "imagenet": ["mode=novel", "fewshot.negatives=0", "fewshot.head_init=fresh"],
     "novel": ["mode=novel"],  # the default recipe keeping only the novel classes (one backbone at inference)
     "no-negatives": ["fewshot.negatives=0"],  # without the base data's boxes as known background
@@ -59,7 +62,7 @@ def main() -> int:
     ap.add_argument("--first-seed", type=int, default=0, help="add seeds to earlier runs of the same commit")
     ap.add_argument("--report", action="store_true", help="only print the table of this commit's logged runs")
     ap.add_argument("--commit", help="the commit (a prefix) whose recorded runs the table shows (default: this one)")
-    ap.add_argument("--variants", nargs="+", default=["generalized", "imagenet"], choices=sorted(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["generalized", "plain"], choices=sorted(VARIANTS))
     ap.add_argument("--base", help="a registered base model to reuse (default: train it)")
     ap.add_argument("--full", help="a registered full-data model to reuse (default: train it; 'skip': none)")
     ap.add_argument("--output", default=str(PROJECT_ROOT / "outputs" / "fewshot"))

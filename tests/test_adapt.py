@@ -110,6 +110,29 @@ def test_novel_adaptation(project, base_model):
         assert torch.allclose(ours[name], theirs[name], atol=1e-2)
 
 
+def test_plain_finetune_candidate_trains_the_imagenet_backbone_past_its_frozen_stages(project, base_model):
+    """fewshot=finetune (the plain fine-tune inside `atom adapt`): the backbone's later stages learn, the stem and
+    first stages (detector.freeze_stages) stay ImageNet's, the head starts random, no base data is read."""
+    from atom import tracking
+    from atom.models.backbones import create_backbone
+    from recipes import compose
+    from recipes.adapt import adapt
+
+    cfg = compose("adapt", [*adapt_overrides(project, base_model, mode="novel"), "fewshot=finetune"])
+    assert cfg.fewshot.unfreeze_backbone and cfg.fewshot.head_init == "fresh" and cfg.fewshot.negatives == 0
+    result = adapt(cfg)
+    assert result["negative_pool"] == 0 and result["head_init"] == "fresh"
+    adapted = tracking.load_detector(tracking.resolve_model(f"{result['model_name']}/{result['model_version']}"))
+    base = tracking.load_detector(tracking.resolve_model(base_model))
+    imagenet = create_backbone(base.spec.backbone, out_indices=(2, 3, 4), pretrained=True).state_dict()
+    ours = adapted.backbone.state_dict()
+    assert torch.equal(ours["conv_stem.weight"], imagenet["conv_stem.weight"])
+    assert torch.equal(ours["blocks.1.0.conv_pw.weight"], imagenet["blocks.1.0.conv_pw.weight"])
+    assert not torch.equal(ours["blocks.5.0.conv_pw.weight"], imagenet["blocks.5.0.conv_pw.weight"])
+    assert not torch.equal(adapted.heads[0].towers.state_dict()["0.0.0.weight"],
+                           base.heads[0].towers.state_dict()["0.0.0.weight"])
+
+
 @pytest.mark.parametrize("mode", ["generalized", "novel"])
 def test_the_new_head_starts_from_the_base_head_or_fresh(project, base_model, mode):
     """head_init=base: the new head's FPN (its own, on the ImageNet backbone), towers and box regression start as
