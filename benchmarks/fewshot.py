@@ -50,6 +50,7 @@ VARIANTS = {  # name -> adapt overrides; the first two are the protocol's, the r
     "unfreeze": ["fewshot.unfreeze_backbone=true"],
     "light-aug": ["fewshot.policy=light"],
     "mosaic": ["fewshot.mosaic=0.5"],
+    "copy-paste": ["fewshot.copy_paste=0.5"],
 }
 EVAL_SPLIT = "val+test"
 

@@ -29,7 +29,7 @@ def adapt(cfg: DictConfig) -> dict:
     from torch.utils.data import ConcatDataset, DataLoader
 
     from atom import fewshot, tracking
-    from atom.data.loader import DetectionDataset, KnownNegatives, MixedBatches, Mosaic, collate
+    from atom.data.loader import CopyPaste, DetectionDataset, KnownNegatives, MixedBatches, Mosaic, collate
     from atom.data.version import open_version
     from atom.training.callbacks import TrainThroughput
     from atom.training.module import DetectionModule
@@ -69,6 +69,8 @@ def adapt(cfg: DictConfig) -> dict:
     train_set = DetectionDataset(version, cfg.data.train_split, size, fs.policy, images, plan.new_classes)
     if fs.mosaic > 0:
         train_set = Mosaic(train_set, fs.mosaic)
+    if fs.copy_paste > 0:
+        train_set = CopyPaste(train_set, fs.copy_paste)
     parts = [(train_set, fs.batch_size)] + ([(negatives, fs.negatives)] if negatives is not None else [])
     batches = MixedBatches([len(d) for d, _ in parts], [n for _, n in parts], steps)
     loader = DataLoader(ConcatDataset([d for d, _ in parts]), batch_sampler=batches, collate_fn=collate,

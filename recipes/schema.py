@@ -70,6 +70,7 @@ class FewShotConfig:
     scale: float = 1.0
     policy: Policy = Policy.strong
     mosaic: float = 0.0
+    copy_paste: float = 0.0
     batch_size: int = 8
     negatives: int = 4
     num_workers: int = 1

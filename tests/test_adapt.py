@@ -46,7 +46,8 @@ def test_generalized_adaptation_keeps_base_outputs(project, base_model):
     from recipes.adapt import adapt
 
     result = adapt(compose("adapt", adapt_overrides(project, base_model, seed=1, export="onnx",
-                                                    **{"fewshot.negatives": 1, "fewshot.scale": 2})))
+                                                    **{"fewshot.negatives": 1, "fewshot.scale": 2,
+                                                       "fewshot.copy_paste": 1.0})))
     assert result["mode"] == "generalized"
     assert result["negative_pool"] > 0  # the base's training images that hold a car or a bus
     manifest = json.loads((project["outputs"] / "bundles" / result["model_name"] / f"v{result['model_version']}"

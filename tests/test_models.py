@@ -253,6 +253,38 @@ def test_mosaic_tiles_four_items_at_half_size(project):
     assert len(target["boxes"]) == len(target["labels"]) > n
 
 
+def test_copy_paste_adds_objects_of_recent_items_with_their_pixels_and_labels(project):
+    import random
+
+    from atom.data.loader import CopyPaste, DetectionDataset
+    from atom.data.version import open_version
+
+    dataset = DetectionDataset(open_version(project["datasets"], "sample"), "train", 128)  # letterbox only
+    pasting = CopyPaste(dataset, p=1.0, objects=3)
+    random.seed(0)
+    first, first_target, _ = pasting[0]  # nothing read before it: nothing to paste
+    assert torch.equal(first, dataset[0][0]) and torch.equal(first_target["boxes"], dataset[0][1]["boxes"])
+    image, target, _ = pasting[1]
+    own, own_target, _ = dataset[1]
+    n = len(own_target["boxes"])
+    assert torch.equal(target["boxes"][:n], own_target["boxes"]) and len(target["boxes"]) > n
+    assert len(target["labels"]) == len(target["boxes"])
+    for box, label in zip(target["boxes"][n:], target["labels"][n:]):  # each pasted box: item 0's object, moved
+        match = [j for j, b in enumerate(first_target["boxes"])
+                 if torch.allclose(b[2:] - b[:2], box[2:] - box[:2]) and first_target["labels"][j] == label]
+        assert match
+        x0, y0 = box[:2].floor().int().tolist()
+        src = first_target["boxes"][match[0]][:2].floor().int().tolist()
+        h, w = 4, 4  # the pasted object's top-left pixels are the source's
+        assert torch.equal(image[:, y0 + 1:y0 + 1 + h, x0 + 1:x0 + 1 + w],
+                           first[:, src[1] + 1:src[1] + 1 + h, src[0] + 1:src[0] + 1 + w])
+    # no paste hides an object: each original box keeps at least 90 % of its area uncovered by any pasted one
+    from atom.data.loader import _covered
+
+    for box in target["boxes"][n:]:
+        assert _covered(target["boxes"][:n], box).max() <= 0.1 + 1e-6
+
+
 def test_static_same_padding_matches_timm_on_even_inputs():
     """The backbone's stride-2 TF-"same" convolutions pad statically (no shape operations in the exported graph)
     and compute exactly what timm's dynamic Conv2dSame computes on the even-sized maps a detector feeds them."""

@@ -127,6 +127,62 @@ class Mosaic(Dataset):
         return canvas, {"boxes": torch.cat(boxes), "labels": torch.cat(labels)}, {"image_id": -1, "scale": 1.0}
 
 
+class CopyPaste(Dataset):
+    """With probability `p` an item also gets up to `objects` boxes cut from recently read augmented items of
+    `dataset` (the box and a margin of context, at the scale their augmentation gave them) pasted at random free
+    places: K shots hold few objects, and each step then shows the new classes more often, on other backgrounds.
+    The sources are the last `RECENT` items this process read, so a paste costs no extra image read. A paste never
+    covers more than a tenth of an existing or earlier pasted box, so every labeled object stays visible."""
+
+    MARGIN = 0.1  # context around a cut box, as a share of its side: the edges cut through background, not object
+    TRIES = 10  # random places tried per object before it is left out
+    RECENT = 16
+
+    def __init__(self, dataset: Dataset, p: float, objects: int = 3):
+        self.dataset, self.p, self.objects = dataset, p, objects
+        self.recent: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (image, boxes, labels)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, target, meta = self.dataset[i]
+        sources = [s for s in self.recent if len(s[1])]
+        if len(target["boxes"]):
+            self.recent = [*self.recent, (image, target["boxes"], target["labels"])][-self.RECENT:]
+        if not sources or random.random() >= self.p:
+            return image, target, meta
+        image, boxes, labels = image.clone(), [target["boxes"]], [target["labels"]]
+        height, width = image.shape[-2:]
+        for source, their_boxes, their_labels in random.choices(sources, k=self.objects):
+            k = random.randrange(len(their_boxes))
+            x0, y0, x1, y1 = their_boxes[k].tolist()
+            mx, my = (x1 - x0) * self.MARGIN, (y1 - y0) * self.MARGIN
+            cx0, cy0 = int(max(x0 - mx, 0)), int(max(y0 - my, 0))
+            patch = source[:, cy0:int(min(y1 + my, height)) + 1, cx0:int(min(x1 + mx, width)) + 1]
+            ph, pw = patch.shape[-2:]
+            if ph < 2 or pw < 2 or ph >= height or pw >= width:
+                continue
+            taken = torch.cat(boxes)
+            for _ in range(self.TRIES):
+                px, py = random.randrange(width - pw), random.randrange(height - ph)
+                place = torch.tensor([px, py, px + pw, py + ph], dtype=torch.float32)
+                if not len(taken) or _covered(taken, place).max() <= 0.1:
+                    image[:, py:py + ph, px:px + pw] = patch
+                    boxes.append(their_boxes[k:k + 1] + torch.tensor([px - cx0, py - cy0] * 2, dtype=torch.float32))
+                    labels.append(their_labels[k:k + 1])
+                    break
+        return image, {**target, "boxes": torch.cat(boxes), "labels": torch.cat(labels)}, meta
+
+
+def _covered(boxes: torch.Tensor, place: torch.Tensor) -> torch.Tensor:
+    """The share of each box's area that `place` covers."""
+    w = (torch.minimum(boxes[:, 2], place[2]) - torch.maximum(boxes[:, 0], place[0])).clamp(min=0)
+    h = (torch.minimum(boxes[:, 3], place[3]) - torch.maximum(boxes[:, 1], place[1])).clamp(min=0)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
+    return w * h / area
+
+
 def collate(batch):
     images, targets, metas = zip(*batch)
     return torch.stack(images), list(targets), list(metas)
