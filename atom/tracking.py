@@ -2,7 +2,8 @@
 
 Embedded default: `sqlite:///<output_dir>/mlflow.db` with artifacts under `<output_dir>/mlartifacts`;
 `MLFLOW_TRACKING_URI` switches to a server. A model version carries its lineage as tags (dataset name,
-version and fingerprint, git commit, config) and a pickled Detector (mlflow.pytorch flavour).
+version and fingerprint, git commit, config); its files are the `atom` flavour (atom/flavor.py: safetensors
+weights + spec JSON, and the verified bundle that the python_function flavour serves).
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from atom import PROJECT_ROOT
 from atom.errors import RegistryError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-PIP_REQUIREMENTS = ["torch", "torchvision", "timm"]  # given explicitly: inference of requirements costs ~10 s
-
 
 def tracking_uri(output_dir: Path | str) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output_dir).resolve()}/mlflow.db"
@@ -73,6 +71,7 @@ class ModelRef:
     version: str
     run_id: str
     tags: dict
+    model_id: str | None = None  # the logged model holding its files (MLflow 3)
 
     @property
     def uri(self) -> str:
@@ -83,15 +82,17 @@ def register_detector(detector, run_id: str, name: str, tags: dict[str, str], al
     """Log the detector to the run, register it as a new version of `name`, tag it with its lineage."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    from atom import flavor
 
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(detector, name="detector", serialization_format="pickle",
-                                        pip_requirements=PIP_REQUIREMENTS)
+        info = Model.log(artifact_path=None, name="detector", flavor=flavor, detector=detector)
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     client = MlflowClient()
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
-    return ModelRef(name, str(mv.version), run_id, dict(tags))
+    return ModelRef(name, str(mv.version), run_id, dict(tags), _model_id(mv))
 
 
 def resolve_model(ref: str) -> ModelRef:
@@ -116,7 +117,14 @@ def resolve_model(ref: str) -> ModelRef:
             raise RegistryError(f"model reference {ref!r}: expected NAME@ALIAS or NAME/VERSION")
     except MlflowException as e:
         raise RegistryError(f"model {ref!r} not found in the registry at {client.tracking_uri}: {e.message}") from None
-    return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags))
+    return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags), _model_id(mv))
+
+
+def _model_id(mv) -> str | None:
+    """The logged model behind a version: its model_id, which registries without it state in the source URI."""
+    if mv.model_id:
+        return mv.model_id
+    return mv.source.split("/")[1] if mv.source and mv.source.startswith("models:/m-") else None
 
 
 def training_split(ref: ModelRef) -> str:
@@ -127,6 +135,13 @@ def training_split(ref: ModelRef) -> str:
 
 
 def load_detector(ref: ModelRef):
-    import mlflow.pytorch
+    """The registered version's Detector, read from safetensors + spec (old pickled versions: see atom/flavor.py)."""
+    import tempfile
 
-    return mlflow.pytorch.load_model(ref.uri, map_location="cpu").eval()
+    import mlflow.artifacts
+
+    from atom import flavor
+
+    with tempfile.TemporaryDirectory(prefix="atom-model-") as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=tmp)
+        return flavor.load(path, ref.uri)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 import atom
-from atom.data.version import DatasetVersion, make_readable, sha256_file
+from atom.checksums import sha256_file
+from atom.data.version import DatasetVersion, make_readable
 from atom.evaluation import coco_evaluate, predict_split
 from atom.models.detector import PRE_NMS_TOP_K
 from atom.tracking import ModelRef
@@ -104,7 +105,8 @@ def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: Dataset
                                + ", ".join(f"{spec.feature_scales[g]:g}x" for g in spec.own_features)
                                + " the input resolution)" if spec.own_features else ""),
             "classes": spec.classes,
-            "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32"},
+            "input": {"name": "images", "shape": ["batch" if args.get("dynamic_batch", True) else 1, 3, size, size],
+                      "dtype": "float32"},
             "outputs": [
                 {"name": "boxes", "shape": ["batch", "locations", 4], "layout": "x0,y0,x1,y1 in input pixels"},
                 {"name": "scores", "shape": ["batch", "locations", n_classes],
@@ -201,13 +203,21 @@ def _swap_into_place(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+SERVED_FORMAT = "onnx"  # the bundle the registered model's python_function flavour runs (atom/flavor.py)
+
+
 def log_bundle(ref: ModelRef, bundle: Path, format_name: str) -> str:
-    """Attach the bundle to the model version: artifacts on its run, a tag on the version pointing at them."""
+    """Attach the bundle to the model version: artifacts on its run, a tag on the version pointing at them; the
+    fp32 ONNX bundle also goes into the registered model's own files, where its python_function flavour reads it."""
     from mlflow import MlflowClient
+
+    from atom import flavor
 
     client = MlflowClient()
     path = f"bundles/{format_name}"
     client.log_artifacts(ref.run_id, str(bundle), path)
+    if format_name == SERVED_FORMAT and ref.model_id:
+        client.log_model_artifacts(ref.model_id, str(bundle), flavor.BUNDLE)
     uri = f"runs:/{ref.run_id}/{path}"
     client.set_model_version_tag(ref.name, ref.version, f"bundle.{format_name}", uri)
     return uri

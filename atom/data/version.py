@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from atom.checksums import sha256_file
 from atom.data.report import ImportReport
 from atom.errors import AtomError
 from atom.data.source import SPLITS, Source
@@ -116,14 +117,6 @@ def assign_split(key: str, ratios: tuple[float, float, float]) -> str:
     """Deterministic split from a stable key (the source file name): adding images never moves old ones."""
     u = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
     return "train" if u < ratios[0] else "val" if u < ratios[0] + ratios[1] else "test"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_image_size(path: Path) -> tuple[int, int]:
