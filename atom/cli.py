@@ -94,6 +94,45 @@ def cmd_data_show(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from atom import registry, tracking
+    from atom.errors import AtomError
+
+    tracking.configure(args.output_dir)
+    try:
+        if args.models_command == "list":
+            rows = registry.list_versions(args.name)
+            if args.json:
+                print(json.dumps(rows, indent=1))
+            else:
+                _print_versions(rows, tracking.tracking_uri(args.output_dir))
+        elif args.models_command == "show":
+            print(json.dumps(registry.show(args.model), indent=1))
+        elif args.models_command == "promote":
+            print(registry.promote(args.name, args.version, args.alias, args.force))
+        else:
+            print(registry.pull(args.model, args.format, Path(args.to)))
+    except AtomError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_versions(rows: list[dict], uri: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"registered detectors at {uri.split('@')[-1]}")
+    for column in ("model", "version", "aliases", "held-out", "dataset", "base model", "bundles", "commit"):
+        table.add_column(column)
+    for r in rows:
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["metrics"].items()) if k.endswith("AP50"))
+        dataset = f"{r['dataset'].get('name', '?')}/{r['dataset'].get('fingerprint', '?')[:12]}"
+        table.add_row(r["name"], r["version"], ", ".join(r["aliases"]), metrics, dataset, r["base_model"] or "",
+                      ", ".join(r["bundles"]), (r["git_commit"] or "")[:10])
+    Console().print(table)
+
+
 # The commands that are Hydra applications: name -> (recipes module, function, root config).
 RECIPES = {
     "train": ("train", "train", "train"),
@@ -189,6 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         lsub.add_parser(name, help=f"{text} (a Hydra application; the server comes from LABEL_STUDIO_URL and "
                         "LABEL_STUDIO_API_KEY)")
+
+    models = sub.add_parser("models", help="registered detectors: list, show, promote an alias, pull a bundle")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs"),
+                       help="the embedded MLflow store's folder (MLFLOW_TRACKING_URI, when set, names a server)")
+    mlist = msub.add_parser("list", parents=[store], help="versions with aliases, held-out metrics, dataset, "
+                            "base model and bundles")
+    mlist.add_argument("name", nargs="?", help="only this registered model")
+    mlist.add_argument("--json", action="store_true")
+    mshow = msub.add_parser("show", parents=[store], help="one version (NAME@ALIAS or NAME/VERSION) as JSON")
+    mshow.add_argument("model")
+    promote = msub.add_parser("promote", parents=[store], help="point an alias at a version: refused without a "
+                              "verified bundle or with a lower held-out mAP50 than the alias's holder")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    promote.add_argument("--alias", default="production")
+    promote.add_argument("--force", action="store_true", help="promote despite the checks (they are printed)")
+    pull = msub.add_parser("pull", parents=[store], help="download a version's bundle, every file checked against "
+                           "the manifest's sha256")
+    pull.add_argument("model", help="NAME@ALIAS or NAME/VERSION")
+    pull.add_argument("--format", default="onnx")
+    pull.add_argument("--to", required=True, help="the folder to write the bundle to (new, or a bundle)")
+    for parser in (mlist, mshow, promote, pull):
+        parser.set_defaults(func=cmd_models)
 
     demo = sub.add_parser("demo", help="run the sample pipeline (dvc repro: prepare, train, evaluate, export)")
     demo.set_defaults(func=cmd_demo)

@@ -4,9 +4,10 @@
         MLmodel                  flavours: `atom` (what ATOM's recipes read) and `python_function` (what serving reads)
         weights.safetensors      atom.models.storage: weights + DetectorSpec JSON; reading them never unpickles
         spec.json
-        bundle/                  the verified ONNX bundle, added by `atom export` (exporters/bundle.py log_bundle);
-                                 the python_function flavour runs it with atom.runtime (numpy + ONNX Runtime), so
-                                 `mlflow.pyfunc.load_model("models:/NAME@production")` needs no training packages
+        bundles/FORMAT/          the verified bundles, added by `atom export` (exporters/bundle.py log_bundle); the
+                                 python_function flavour runs bundles/onnx with atom.runtime (numpy + ONNX
+                                 Runtime), so `mlflow.pyfunc.load_model("models:/NAME@production")` needs no
+                                 training packages
 
 Versions registered before this format hold a pickled nn.Module (the mlflow.pytorch flavour). Loading one executes
 code from the registry, so it happens only behind ATOM_ALLOW_PICKLE=1, with a warning.
@@ -23,7 +24,7 @@ from atom.errors import RegistryError
 from atom.models import storage
 
 FLAVOR = "atom"
-BUNDLE = "bundle"  # the python_function flavour's data: the bundle folder inside the logged model
+BUNDLE = "bundles/onnx"  # the python_function flavour's data: the served bundle's folder inside the logged model
 ALLOW_PICKLE = "ATOM_ALLOW_PICKLE"
 
 

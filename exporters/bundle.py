@@ -203,21 +203,19 @@ def _swap_into_place(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-SERVED_FORMAT = "onnx"  # the bundle the registered model's python_function flavour runs (atom/flavor.py)
-
-
 def log_bundle(ref: ModelRef, bundle: Path, format_name: str) -> str:
-    """Attach the bundle to the model version: artifacts on its run, a tag on the version pointing at them; the
-    fp32 ONNX bundle also goes into the registered model's own files, where its python_function flavour reads it."""
+    """Attach the bundle to the model version: into its own files (`bundles/FORMAT/`, where the python_function
+    flavour reads the onnx one; atom/flavor.py), and a tag `bundle.FORMAT` on the version pointing at it. The
+    version's files, not its run's: two versions of one run never share a bundle."""
     from mlflow import MlflowClient
 
-    from atom import flavor
+    from atom.errors import RegistryError
 
+    if not ref.model_id:
+        raise RegistryError(f"{ref.uri} was registered without a logged model (before MLflow 3?); register it again")
     client = MlflowClient()
     path = f"bundles/{format_name}"
-    client.log_artifacts(ref.run_id, str(bundle), path)
-    if format_name == SERVED_FORMAT and ref.model_id:
-        client.log_model_artifacts(ref.model_id, str(bundle), flavor.BUNDLE)
-    uri = f"runs:/{ref.run_id}/{path}"
+    client.log_model_artifacts(ref.model_id, str(bundle), path)
+    uri = f"{ref.uri}/{path}"
     client.set_model_version_tag(ref.name, ref.version, f"bundle.{format_name}", uri)
     return uri

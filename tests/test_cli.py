@@ -12,7 +12,7 @@ import pytest
 from atom import PROJECT_ROOT
 
 PLAIN = [[], ["data"], ["data", "import"], ["data", "sample"], ["data", "list"], ["data", "show"], ["demo"],
-         ["label"]]
+         ["label"], ["models"], ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "pull"]]
 HYDRA = [["train"], ["evaluate"], ["export"], ["adapt"], ["label", "init"], ["label", "import"], ["label", "pull"],
          ["label", "predict"], ["label", "serve"], ["label", "queue"]]
 

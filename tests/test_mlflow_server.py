@@ -44,8 +44,8 @@ def test_train_and_export_against_a_tracking_server(mlflow_server, on_server):
     assert not (on_server["out_dir"] / "mlflow.db").exists()  # nothing went to the embedded store
     assert on_server["export"]["verification"]["passed"]
     client = MlflowClient(mlflow_server)
-    assert client.get_model_version(ref.name, ref.version).tags["bundle.onnx"].startswith("runs:/")
-    names = {a.path for a in client.list_artifacts(ref.run_id, "bundles/onnx")}
+    assert client.get_model_version(ref.name, ref.version).tags["bundle.onnx"] == f"{ref.uri}/bundles/onnx"
+    names = {a.path for a in client.list_logged_model_artifacts(ref.model_id, "bundles/onnx")}
     assert "bundles/onnx/model.onnx" in names
 
 
@@ -83,3 +83,69 @@ def test_mlflow_models_serve_answers_with_the_bundles_boxes_without_the_training
         assert [r["class"] for r in served] == det.names()
         for r, box in zip(served, det.boxes.tolist()):
             assert [r["x0"], r["y0"], r["x1"], r["y1"]] == pytest.approx(box, abs=1e-3)
+
+
+def atom_cli(*args, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "atom.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=Path(__file__).parent.parent)
+
+
+def test_models_list_and_show_give_aliases_metrics_lineage_and_bundles(mlflow_server, on_server):
+    ref = on_server["ref"]
+    out = atom_cli("models", "list", ref.name, "--json", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert out.returncode == 0, out.stderr
+    row = next(r for r in json.loads(out.stdout) if r["version"] == ref.version)
+    assert row["aliases"] == ["staging"] and row["bundles"] == ["onnx"]
+    assert row["metrics"]["test.mAP50"] == pytest.approx(on_server["result"]["mAP50"], abs=1e-4)
+    assert row["dataset"]["fingerprint"] == ref.tags["dataset.fingerprint"] and row["run_id"] == ref.run_id
+    shown = atom_cli("models", "show", f"{ref.name}@staging", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert json.loads(shown.stdout) == row
+    missing = atom_cli("models", "show", f"{ref.name}@nope", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert missing.returncode == 1 and "not found in the registry" in missing.stderr
+
+
+def test_promote_needs_a_verified_bundle_and_no_lower_held_out_map_unless_forced(mlflow_server, on_server,
+                                                                                 project, monkeypatch):
+    from atom import registry
+    from atom.errors import RegistryError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    tracking.configure(on_server["out_dir"])
+    ref = on_server["ref"]
+    assert registry.promote(ref.name, ref.version, "production") == f"{ref.name}@production -> version {ref.version}"
+    # the same detector registered again with a lower held-out mAP50 and no bundle yet
+    worse = {**ref.tags, "test.mAP50": f"{float(ref.tags['test.mAP50']) - 0.1:.4f}"}
+    other = tracking.register_detector(tracking.load_detector(ref), ref.run_id, ref.name, worse, None)
+    with pytest.raises(RegistryError, match=f"{other.version} has no verified bundle.*below"):
+        registry.promote(ref.name, other.version, "production")
+    export(compose("export", [f"paths.datasets={project['datasets']}", f"paths.output_dir={on_server['out_dir']}",
+                              f"model={ref.name}/{other.version}"]))
+    with pytest.raises(RegistryError, match="below") as refused:
+        registry.promote(ref.name, other.version, "production")
+    assert "no verified bundle" not in str(refused.value)
+    assert tracking.resolve_model(f"{ref.name}@production").version == ref.version
+    done = registry.promote(ref.name, other.version, "production", force=True)
+    assert "forced past" in done and tracking.resolve_model(f"{ref.name}@production").version == other.version
+
+
+def test_pull_checks_every_file_and_refuses_an_altered_bundle(mlflow_server, on_server, tmp_path):
+    """Last in this module: it alters the staging version's bundle on the server."""
+    from atom.runtime import Bundle
+
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    ref, target = on_server["ref"], tmp_path / "pulled"
+    out = atom_cli("models", "pull", f"{ref.name}@staging", "--format", "onnx", "--to", str(target), env=env)
+    assert out.returncode == 0, out.stderr
+    assert Bundle(target).manifest["source"]["version"] == ref.version
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    for args, message in [(["--format", "tensorrt"], "has no 'tensorrt' bundle; it has ['onnx']"),
+                          (["--to", str(tmp_path)], "exists and is not a bundle")]:
+        bad = atom_cli("models", "pull", f"{ref.name}@staging", "--to", str(target), *args, env=env)
+        assert bad.returncode == 1 and message in bad.stderr
+    # someone replaces the model file in the store
+    altered = tmp_path / "model.onnx"
+    altered.write_bytes(before["model.onnx"][:-100])
+    MlflowClient(mlflow_server).log_model_artifact(ref.model_id, str(altered), "bundles/onnx")
+    bad = atom_cli("models", "pull", f"{ref.name}@staging", "--to", str(target), env=env)
+    assert bad.returncode == 1 and "refused" in bad.stderr and "model.onnx: sha256 differs" in bad.stderr
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # the earlier pull is untouched

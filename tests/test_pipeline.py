@@ -156,7 +156,8 @@ def test_onnx_export_is_verified_and_logged(trained, project):
     assert verification["raw_images"] > 0 and verification["max_score_error"] <= 1e-4
     mv = MlflowClient().get_model_version(name, version)
     assert mv.tags["bundle.onnx"] == result["mlflow_artifacts"]
-    logged = {a.path for a in MlflowClient().list_artifacts(mv.run_id, "bundles/onnx")}
+    assert mv.tags["bundle.onnx"] == f"models:/{name}/{version}/bundles/onnx"
+    logged = {a.path for a in MlflowClient().list_logged_model_artifacts(mv.source.split("/")[-1], "bundles/onnx")}
     assert "bundles/onnx/manifest.json" in logged
 
 
