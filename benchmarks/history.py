@@ -40,7 +40,7 @@ def machine() -> dict:
 # pyproject.toml, and the guard's training run, seed 0, gave 0.307 at eb427e9 and 0.347 at 7c5ff52 although
 # `git diff eb427e9 7c5ff52` changes nothing it runs.
 PACKAGES = ("timm", "pytorch-lightning", "albumentations", "numpy", "opencv-python-headless", "pillow",
-            "onnxruntime", "faster-coco-eval")
+            "onnxruntime", "faster-coco-eval", "openvino", "nncf")
 
 
 def _versions() -> dict:

@@ -20,6 +20,7 @@ from atom.evaluation import coco_evaluate, predict_split
 from atom.models.detector import PRE_NMS_TOP_K
 from atom.tracking import ModelRef
 from exporters import ExportError, format_module, resolve_format
+from exporters.calibration import calibration_batches
 
 
 def verify(detector, detect, version: DatasetVersion, split: str, box_rtol: float, score_atol: float,
@@ -142,10 +143,12 @@ def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: Dataset
 
 
 def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: str, args: dict, verify_cfg: dict,
-                bundles_dir: Path, tracking_uri: str, reference: list[dict] | None = None) -> tuple[Path, dict]:
+                bundles_dir: Path, tracking_uri: str, reference: list[dict] | None = None,
+                calibration_split: str = "train") -> tuple[Path, dict]:
     """Export, verify (`reference`: see `verify`), write manifest and report, then move the bundle into place.
-    Raises ExportError on a failed verification; an existing bundle for the same version stays as it was until the
-    new one is complete."""
+    Formats that quantize calibrate on `calibration_split` (the images the model was trained on). Raises
+    ExportError on a failed verification; an existing bundle for the same version stays as it was until the new
+    one is complete."""
     fmt, args = resolve_format(format_name, args)
     module = format_module(fmt)
     if version.fingerprint != ref.tags.get("dataset.fingerprint", version.fingerprint):
@@ -156,7 +159,16 @@ def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: s
     try:
         size = detector.spec.input_size
         sample = torch.zeros(1, 3, size, size)
-        model_file = module.export(detector, sample, tmp, **args)
+        calibrated: dict = {}
+
+        def calibration(images: int):
+            if not version.has_split(calibration_split):
+                raise ExportError(f"{version.root}: no {calibration_split!r} split to calibrate {format_name} on")
+            batches = calibration_batches(version, calibration_split, size, images)
+            calibrated.update(split=calibration_split, images=sum(len(b) for b in batches))
+            return batches
+
+        model_file = module.export(detector, sample, tmp, calibration=calibration, **args)
         detect = module.runner(model_file, **args)
         split = verification_split(version, verify_cfg["split"])
         verification = verify(detector, detect, version, split, verify_cfg["box_rtol"], verify_cfg["score_atol"],
@@ -164,7 +176,8 @@ def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: s
                               reference if split == verify_cfg["split"] else None)
         if not verification["passed"]:
             raise ExportError(f"{format_name} export of {ref.uri} failed verification: {verification['failures']}")
-        report = {"verification": verification}
+        report = {"verification": verification, "size_bytes": sum(p.stat().st_size for p in tmp.iterdir()),
+                  **({"calibration": calibrated} if calibrated else {})}
         for batch in (1, 8):
             real = torch.from_numpy(_first_images(version, split, size, batch))
             # PyTorch is the reference, not what is served: a median of 5 (at batch 8 a few-shot model with two

@@ -142,7 +142,8 @@ def _export(cfg: DictConfig, ref, detector, version, args: dict, predictions: li
     verify = OmegaConf.to_container(cfg.export.verify)
     verify["split"] = cfg.eval_split if predictions is not None else cfg.data.train_split
     bundle, _ = make_bundle(ref, detector, version, cfg.export.format, args, verify, Path(cfg.paths.bundles),
-                            tracking.tracking_uri(cfg.paths.output_dir), reference=predictions)
+                            tracking.tracking_uri(cfg.paths.output_dir), reference=predictions,
+                            calibration_split=cfg.data.train_split)
     log_bundle(ref, bundle, cfg.export.format)
     return str(bundle)
 

@@ -1,7 +1,9 @@
 """Export a registered model version to a verified bundle and attach it to the version in MLflow.
 
     atom export model=atom-sample@candidate                  (ONNX, verified against PyTorch on val images)
-    atom export model=atom-sample/3 export=tensorrt   (needs TensorRT; reported as unavailable otherwise)
+    atom export model=atom-sample@candidate export=onnx-int8 export.args.calibration_method=entropy
+    atom export model=atom-sample/3 export=FORMAT     (FORMAT: onnx, onnx-fp16, onnx-int8, openvino, tensorrt;
+                                                       exporters/__init__.py FORMATS lists their arguments)
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def export(cfg: DictConfig) -> dict:
     ref, detector, version = load_registered(cfg)
     bundle, report = make_bundle(ref, detector, version, cfg.export.format, args,
                                  OmegaConf.to_container(cfg.export.verify), Path(cfg.paths.bundles),
-                                 tracking.tracking_uri(cfg.paths.output_dir))
+                                 tracking.tracking_uri(cfg.paths.output_dir),
+                                 calibration_split=tracking.training_split(ref))
     artifact = log_bundle(ref, bundle, cfg.export.format)
     return {"model": ref.uri, "bundle": str(bundle), "mlflow_artifacts": artifact, **report}
 

@@ -180,7 +180,35 @@ def test_export_arguments_are_checked_against_the_formats_table():
         resolve_format("onnx", {"opset": 13})
     with pytest.raises(ExportError, match="unknown export format"):
         resolve_format("coreml")
-    assert set(FORMATS) >= {"onnx", "tensorrt"}
+    assert set(FORMATS) >= {"onnx", "onnx-fp16", "onnx-int8", "openvino", "tensorrt"}
+    with pytest.raises(ExportError, match=r"calibration_method='kl'; choose one of \['minmax', 'entropy'"):
+        resolve_format("onnx-int8", {"calibration_method": "kl"})
+    with pytest.raises(ExportError, match="precision='int4'"):
+        resolve_format("openvino", {"precision": "int4"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["onnx-fp16", "onnx-int8", "openvino", "openvino-int8"])
+def test_every_format_exports_a_verified_bundle_that_the_runtime_runs(trained, project, config):
+    from atom.runtime import Bundle
+
+    name = trained["result"]["model_name"]
+    extra = ["export.args.calibration_images=16"] if "int8" in config else []
+    result = export(_export_cfg(project, f"{name}@candidate", f"export={config}", *extra))
+    assert result["verification"]["passed"] and result["size_bytes"] > 0
+    assert result["latency_ms_batch8"][result_format(config)] > 0
+    if "int8" in config:  # calibrated on the model's training split, as many images as asked
+        assert result["calibration"] == {"split": "train", "images": 16}
+    bundle = Bundle(result["bundle"])
+    assert bundle.manifest["model"]["format"] == result_format(config)
+    image = project["version"].root / project["version"].coco("val")["images"][0]["file_name"]
+    assert len(bundle.detect_files([image])[0].scores) > 0  # the tiny model's low threshold keeps some boxes
+    tags = MlflowClient().get_model_version(name, trained["result"]["model_version"]).tags
+    assert tags[f"bundle.{result_format(config)}"].endswith(f"bundles/{result_format(config)}")
+
+
+def result_format(config: str) -> str:
+    return "openvino" if config.startswith("openvino") else config
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
-"""A bundle (exporters/: model file + manifest.json) as a detector: letterbox, ONNX Runtime, class-wise NMS with
-the per-head caps, boxes back to original pixels — each step read from the manifest, as an independent serving
-team would write it. numpy and onnxruntime only."""
+"""A bundle (exporters/: model file + manifest.json) as a detector: letterbox, ONNX Runtime (or OpenVINO for its
+IR), class-wise NMS with the per-head caps, boxes back to original pixels — each step read from the manifest, as an
+independent serving team would write it. numpy and onnxruntime only (openvino for OpenVINO bundles)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from atom.checksums import sha256_file
 from atom.errors import AtomError
 
 SCHEMA = "atom.bundle/1"
-RUNS_ON_ONNXRUNTIME = ("onnx",)  # manifest model.format values this runtime can run
+ONNXRUNTIME = ("onnx", "onnx-fp16", "onnx-int8")  # manifest model.format values run by ONNX Runtime
+OPENVINO = ("openvino",)  # run by OpenVINO where it is installed (Intel edge boxes)
 
 
 class BundleError(AtomError):
@@ -56,13 +57,12 @@ def read_manifest(root: Path | str, check_files: bool = True) -> dict:
 
 class Bundle:
     def __init__(self, root: Path | str, threads: int = 2, check_files: bool = True):
-        import onnxruntime as ort
-
         self.root = Path(root)
         self.manifest = read_manifest(self.root, check_files)
         model = self.manifest["model"]
-        if model["format"] not in RUNS_ON_ONNXRUNTIME:
-            raise BundleError(f"{self.root}: a {model['format']!r} bundle; this runtime runs {RUNS_ON_ONNXRUNTIME}")
+        if model["format"] not in ONNXRUNTIME + OPENVINO:
+            raise BundleError(f"{self.root}: a {model['format']!r} bundle; this runtime runs {ONNXRUNTIME + OPENVINO}"
+                              " (a TensorRT engine runs in TensorRT; see the bundle's build_engine.sh)")
         self.classes: list[str] = list(model["classes"])
         self.size = int(self.manifest["preprocess"]["resize"]["longest_side"])
         self.pad_value = self.manifest["preprocess"]["resize"].get("pad_value", 0)
@@ -76,10 +76,8 @@ class Bundle:
         self.output_names = [o["name"] for o in model["outputs"]]
         batch = model["input"]["shape"][0]
         self.max_batch = batch if isinstance(batch, int) else None  # a graph exported for one batch size
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(self.root / model["file"]), options,
-                                            providers=["CPUExecutionProvider"])
+        file = str(self.root / model["file"])
+        self._run = _openvino(file, threads) if model["format"] in OPENVINO else _onnxruntime(file, threads)
 
     def detect(self, images: list[np.ndarray], batch_size: int = 8) -> list[Detections]:
         """HxWx3 uint8 RGB images -> their detections, boxes in each image's own pixels."""
@@ -97,7 +95,7 @@ class Bundle:
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The graph itself: letterboxed float NCHW 0..255 -> per-location boxes (input pixels) and class scores."""
-        boxes, scores = self.session.run(self.output_names, {self.input_name: batch})
+        boxes, scores = self._run(self.output_names, self.input_name, batch)
         return boxes, scores
 
     def postprocess(self, boxes: np.ndarray, scores: np.ndarray, scale: float) -> Detections:
@@ -117,6 +115,30 @@ class Bundle:
             lo += size
         b, sc, cls = (np.concatenate(t) for t in zip(*parts))
         return Detections((b / scale).astype(np.float32), sc.astype(np.float32), cls.astype(np.int64), self.classes)
+
+
+def _onnxruntime(file: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
+    return lambda outputs, input_name, batch: session.run(outputs, {input_name: batch})
+
+
+def _openvino(file: str, threads: int):
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BundleError(f"{file}: an OpenVINO model; install the openvino package to run it") from None
+    compiled = ov.Core().compile_model(file, "CPU", {"INFERENCE_NUM_THREADS": int(threads),
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(outputs, input_name, batch):
+        result = compiled({input_name: batch})
+        return [result[compiled.output(name)] for name in outputs]
+
+    return run
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> np.ndarray:
