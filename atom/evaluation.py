@@ -31,7 +31,10 @@ def predict_split(detect: DetectFn, spec: DetectorSpec, version: DatasetVersion,
     results = []
     with torch.no_grad():
         for images, _, metas in loader:
-            dets = postprocess(*detect(images), spec, [m["scale"] for m in metas])
+            if hasattr(detect, "detections"):  # a graph with NMS inside post-processes itself (exporters/onnx.py)
+                dets = [{**d, "boxes": d["boxes"] / m["scale"]} for d, m in zip(detect.detections(images, spec), metas)]
+            else:
+                dets = postprocess(*detect(images), spec, [m["scale"] for m in metas])
             for meta, det in zip(metas, dets):
                 results.extend(to_coco_results(meta["image_id"], det))
     return results

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from atom.errors import AtomError
 
 ONNX = {"opset": 17, "dynamic_batch": True, "simplify": True, "threads": 2}
+FP32_ONNX = {**ONNX, "nms": False}  # nms: class-wise NMS inside the graph (ONNX NonMaxSuppression; TensorRT takes it)
 CALIBRATION = {"calibration_images": 300, "float_outputs": True}  # see exporters/calibration.py
 
 
@@ -33,7 +34,7 @@ class ExportFormat:
 
 
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("exporters.onnx", "model.onnx", ONNX, ("onnx", "onnxruntime", "onnxslim")),
+    "onnx": ExportFormat("exporters.onnx", "model.onnx", FP32_ONNX, ("onnx", "onnxruntime", "onnxslim")),
     "onnx-fp16": ExportFormat("exporters.onnx_fp16", "model.onnx", ONNX, ("onnx", "onnxruntime", "onnxslim")),
     "onnx-int8": ExportFormat("exporters.onnx_int8", "model.onnx",
                               {**ONNX, **CALIBRATION, "calibration_method": "minmax", "per_channel": True},
@@ -42,9 +43,13 @@ FORMATS: dict[str, ExportFormat] = {
     "openvino": ExportFormat("exporters.openvino", "model.xml",
                              {**ONNX, **CALIBRATION, "precision": "fp32"}, ("onnx", "onnxslim", "openvino"),
                              {"precision": ("fp32", "int8")}, calibrates=True),
+    # Built here where TensorRT imports (and a GPU is present); elsewhere the bundle carries model.onnx, the
+    # trtexec script and the INT8 calibration cache, and the target builds the engine (exporters/tensorrt.py).
     "tensorrt": ExportFormat("exporters.tensorrt", "model.engine",
-                             {"opset": 17, "simplify": True, "fp16": True, "workspace_gb": 2, "max_batch": 8},
-                             ("tensorrt", "onnx")),
+                             {"opset": 17, "simplify": True, "precision": "fp16", "workspace_gb": 2, "max_batch": 8,
+                              "calibration_images": 300, "trt_version": "10.13.0", "threads": 2},
+                             ("onnx", "onnxruntime", "onnxslim"), {"precision": ("fp32", "fp16", "int8")},
+                             calibrates=True),
 }
 
 
@@ -53,7 +58,7 @@ class ExportError(AtomError):
 
 
 class FormatUnavailable(ExportError):
-    """The format's runtime is not installed here (e.g. TensorRT on a machine without it)."""
+    """The format's converter is not installed here (e.g. openvino)."""
 
 
 def resolve_format(name: str, args: dict | None = None) -> tuple[ExportFormat, dict]:

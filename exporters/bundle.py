@@ -112,7 +112,11 @@ def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: Dataset
                 {"name": "boxes", "shape": ["batch", "locations", 4], "layout": "x0,y0,x1,y1 in input pixels"},
                 {"name": "scores", "shape": ["batch", "locations", n_classes],
                  "layout": "per-class score in 0..1, class index = position in classes"},
-            ],
+            ] + ([{"name": "detections", "shape": ["detections", 7],
+                   "layout": "batch index, x0, y0, x1, y1 (input pixels), score, class index: class-wise NMS done "
+                             "(scores over score_threshold, at most max_detections per class and image); keep the "
+                             "top max_detections per image and class group, then map to original pixels"}]
+                 if args.get("nms") else []),
             "export_args": args,
         },
         "preprocess": {
@@ -123,7 +127,8 @@ def manifest(fmt_name: str, file: str, detector, ref: ModelRef, version: Dataset
         },
         "postprocess": {
             "score_threshold": spec.score_thresh, "pre_nms_top_k": PRE_NMS_TOP_K,
-            "nms": {"per_class": True, "iou_threshold": spec.nms_iou}, "max_detections": spec.max_detections,
+            "nms": {"per_class": True, "iou_threshold": spec.nms_iou, "in_graph": bool(args.get("nms"))},
+            "max_detections": spec.max_detections,
             "class_groups": {"sizes": spec.class_groups, "rule": "pre_nms_top_k and max_detections apply per group "
                              "of consecutive classes (one group per head), so added classes never displace others"},
             "to_original_pixels": "divide box coordinates by the letterbox scale (longest_side / max(h, w))",
@@ -187,6 +192,8 @@ def make_bundle(ref: ModelRef, detector, version: DatasetVersion, format_name: s
                                                   "threads": torch.get_num_threads()}
         (tmp / "export_report.json").write_text(json.dumps(report, indent=1))
         doc = manifest(format_name, model_file.name, detector, ref, version, report, tracking_uri, args)
+        if hasattr(module, "describe"):  # what an engine was built with, or how the target builds it
+            doc["model"]["engine"] = module.describe(model_file)
         doc["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1))
         make_readable(tmp)

@@ -33,3 +33,18 @@ def calibration_batches(version, split: str, size: int, images: int, batch: int 
         pixels = np.stack([letterbox(read_rgb(version.root / f), size)[0] for f in chosen[i:i + batch]])
         out.append(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32))
     return out
+
+
+def data_reader(batches: list[np.ndarray], input_name: str):
+    """ONNX Runtime's calibration interface over the batches."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return Reader()

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from exporters import onnx as onnx_export
-from exporters.calibration import FLOAT_OUTPUTS
+from exporters.calibration import FLOAT_OUTPUTS, data_reader
 
 runner = onnx_export.runner
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -17,7 +17,7 @@ def export(detector, sample, out_dir: Path, calibration, calibration_images: int
            calibration_method: str = "minmax", per_channel: bool = True, float_outputs: bool = True,
            **args) -> Path:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out_dir = Path(out_dir)
@@ -27,20 +27,11 @@ def export(detector, sample, out_dir: Path, calibration, calibration_images: int
     prepared = fp32_dir / "prepared.onnx"
     # onnx shape inference suffices (the symbolic one fails on the dynamic batch dimension)
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    batches = calibration(int(calibration_images))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(batches)
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {onnx_export.INPUT: batch}
-
+    reader = data_reader(calibration(int(calibration_images)), onnx_export.INPUT)
     excluded = [n.name for n in onnx.load(str(prepared)).graph.node
                 if float_outputs and re.search(FLOAT_OUTPUTS, n.name)]
     path = out_dir / "model.onnx"
-    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+    quantize_static(str(prepared), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     op_types_to_quantize=["Conv"], nodes_to_exclude=excluded,
                     calibrate_method=getattr(CalibrationMethod, METHODS[calibration_method]))
     for f in fp32_dir.iterdir():

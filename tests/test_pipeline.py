@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from atom import PROJECT_ROOT, tracking
-from exporters import FORMATS, ExportError, FormatUnavailable, resolve_format
+from exporters import FORMATS, ExportError, resolve_format
 from recipes import compose
 from recipes.evaluate import evaluate
 from recipes.export import export
@@ -212,14 +212,48 @@ def result_format(config: str) -> str:
 
 
 @pytest.mark.slow
-def test_tensorrt_is_reported_unavailable_without_tensorrt(trained, project):
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        with pytest.raises(FormatUnavailable, match="tensorrt"):
-            export(_export_cfg(project, f"{trained['result']['model_name']}@candidate", "export=tensorrt"))
-    else:
-        pytest.skip("TensorRT is installed here: the unavailable path cannot be exercised")
+def test_without_tensorrt_the_bundle_carries_what_the_target_builds_the_engine_from(trained, project):
+    from exporters import tensorrt
+
+    if tensorrt.available():
+        pytest.skip("TensorRT and a GPU are here: the engine is built instead")
+    name = trained["result"]["model_name"]
+    result = export(_export_cfg(project, f"{name}@candidate", "export=tensorrt", "export.args.precision=int8",
+                                "export.args.calibration_images=16"))
+    bundle, size = Path(result["bundle"]), trained["cfg"].detector.input_size
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model"]["file"] == "model.onnx" and manifest["model"]["engine"]["built"] is False
+    assert set(manifest["files"]) == {"model.onnx", "build_engine.sh", "calibration.cache", "export_report.json"}
+    assert result["verification"]["passed"] and result["calibration"]["images"] == 16
+    script = (bundle / "build_engine.sh").read_text()
+    for flag in ["--onnx=model.onnx", "--saveEngine=model.engine", f"--maxShapes=images:8x3x{size}x{size}",
+                 f"--minShapes=images:1x3x{size}x{size}", "--int8", "--fp16", "--calib=calibration.cache"]:
+        assert flag in script
+    header, scales = tensorrt.read_calibration_cache(bundle / "calibration.cache")
+    assert header == "TRT-101300-EntropyCalibration2"
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    tensors = {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
+    assert set(scales) <= tensors and len(scales) > 50  # every activation of the graph, by its ONNX name
+    assert 100 / 127 < scales["images"] <= 255 / 127  # pixels 0..255: the input's scale is its max / 127
+
+
+def test_the_calibration_cache_header_names_tensorrts_version_as_tensorrt_does():
+    from exporters.tensorrt import trt_header_version
+
+    assert trt_header_version("8.6.1") == 8601 and trt_header_version("10.13.0") == 101300
+    assert trt_header_version("10.0.1") == 100001
+
+
+@pytest.mark.slow
+def test_where_tensorrt_imports_the_engine_is_built_and_records_its_version_and_gpu(trained, project):
+    from exporters import tensorrt
+
+    if not tensorrt.available():
+        pytest.skip("needs TensorRT and a CUDA GPU: TensorRT cannot be installed on our CPU machines")
+    result = export(_export_cfg(project, f"{trained['result']['model_name']}@candidate", "export=tensorrt"))
+    manifest = json.loads((Path(result["bundle"]) / "manifest.json").read_text())
+    assert manifest["model"]["file"] == "model.engine" and manifest["model"]["engine"]["built"] is True
+    assert manifest["model"]["engine"]["tensorrt_version"] and result["verification"]["passed"]
 
 
 @pytest.mark.slow
@@ -239,3 +273,38 @@ def test_real_dataset_experiments_train(experiment, fmt, path, shared_datasets, 
     result = train(compose("train", [f"experiment={experiment}", *tiny_overrides(
         {"datasets": tmp_path / "datasets", "outputs": tmp_path / "outputs"}, experiment), "data.num_workers=0"]))
     assert result["model_name"] == f"atom-{experiment}" and result["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_onnx_with_nms_inside_the_graph_keeps_what_the_detector_keeps(trained, project, tmp_path):
+    import numpy as np
+    import torch
+
+    from atom.runtime import Bundle
+    from atom.runtime.bundle import letterbox, read_rgb
+    from exporters import onnx as onnx_export
+
+    name = trained["result"]["model_name"]
+    detector = tracking.load_detector(tracking.resolve_model(f"{name}@candidate"))
+    size, version = detector.spec.input_size, project["version"]
+    batch = np.stack([letterbox(read_rgb(version.root / im["file_name"]), size)[0]
+                      for im in version.coco("val")["images"][:4]]).transpose(0, 3, 1, 2).astype(np.float32)
+    with torch.no_grad():  # a threshold that leaves 300 candidates an image: fewer than pre_nms_top_k, which the
+        scores = detector(torch.from_numpy(batch))[1]  # graph does not apply
+    detector.spec.score_thresh = float(scores.flatten(1).topk(300, dim=1).values[:, -1].max())
+    path = onnx_export.export(detector, torch.zeros(1, 3, size, size), tmp_path, nms=True)
+    assert "NonMaxSuppression" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    got = onnx_export.runner(path).detections(torch.from_numpy(batch), detector.spec)
+    expected = detector.predict(torch.from_numpy(batch))
+    assert sum(len(e["scores"]) for e in expected) > 0
+    for g, e in zip(got, expected):
+        key = lambda d: sorted(zip(d["labels"].tolist(), np.round(d["scores"].numpy(), 4).tolist()))  # noqa: E731
+        assert key(g) == key(e)
+    # the recipe: the bundle's manifest says NMS ran in the graph, and the runtime reads its detections
+    result = export(_export_cfg(project, f"{name}@candidate", "export.args.nms=true"))
+    assert result["verification"]["passed"]
+    bundle = Bundle(result["bundle"])
+    assert bundle.nms_in_graph and bundle.manifest["model"]["outputs"][-1]["name"] == "detections"
+    image = version.root / version.coco("val")["images"][0]["file_name"]
+    assert len(bundle.detect_files([image])[0].scores) > 0
+    export(_export_cfg(project, f"{name}@candidate"))  # the plain bundle again, for the tests after this one

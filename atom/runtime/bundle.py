@@ -16,6 +16,7 @@ from atom.errors import AtomError
 SCHEMA = "atom.bundle/1"
 ONNXRUNTIME = ("onnx", "onnx-fp16", "onnx-int8")  # manifest model.format values run by ONNX Runtime
 OPENVINO = ("openvino",)  # run by OpenVINO where it is installed (Intel edge boxes)
+DETECTIONS = "detections"  # a graph exported with NMS inside (exporters/onnx.py nms=true)
 
 
 class BundleError(AtomError):
@@ -73,7 +74,8 @@ class Bundle:
         self.max_detections = int(post["max_detections"])
         self.groups = list(post.get("class_groups", {}).get("sizes") or [len(self.classes)])
         self.input_name = model["input"]["name"]
-        self.output_names = [o["name"] for o in model["outputs"]]
+        self.output_names = [o["name"] for o in model["outputs"] if o["name"] != DETECTIONS]
+        self.nms_in_graph = bool(post["nms"].get("in_graph"))
         batch = model["input"]["shape"][0]
         self.max_batch = batch if isinstance(batch, int) else None  # a graph exported for one batch size
         file = str(self.root / model["file"])
@@ -86,12 +88,20 @@ class Bundle:
         for i in range(0, len(images), batch_size):
             chunk = [letterbox(image, self.size, self.pad_value) for image in images[i:i + batch_size]]
             batch = np.ascontiguousarray(np.stack([c for c, _ in chunk]).transpose(0, 3, 1, 2), dtype=np.float32)
-            boxes, scores = self.run(batch)
-            results += [self.postprocess(b, s, scale) for b, s, (_, scale) in zip(boxes, scores, chunk)]
+            results += self.detect_batch(batch, [scale for _, scale in chunk])
         return results
 
     def detect_files(self, paths: list[Path | str]) -> list[Detections]:
         return self.detect([read_rgb(p) for p in paths])
+
+    def detect_batch(self, batch: np.ndarray, scales: list[float]) -> list[Detections]:
+        if self.nms_in_graph:  # the graph ran NMS: keep the top max_detections per image and group
+            rows = self._run([DETECTIONS], self.input_name, batch)[0]
+            capped = [cap_per_group(rows[rows[:, 0] == i], self.groups, self.max_detections) for i in range(len(batch))]
+            return [Detections((d["boxes"] / scale).astype(np.float32), d["scores"], d["labels"], self.classes)
+                    for d, scale in zip(capped, scales)]
+        boxes, scores = self.run(batch)
+        return [self.postprocess(b, s, scale) for b, s, scale in zip(boxes, scores, scales)]
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The graph itself: letterboxed float NCHW 0..255 -> per-location boxes (input pixels) and class scores."""
@@ -115,6 +125,20 @@ class Bundle:
             lo += size
         b, sc, cls = (np.concatenate(t) for t in zip(*parts))
         return Detections((b / scale).astype(np.float32), sc.astype(np.float32), cls.astype(np.int64), self.classes)
+
+
+def cap_per_group(rows: np.ndarray, groups: list[int], max_detections: int) -> dict[str, np.ndarray]:
+    """One image's rows of a graph's `detections` output (batch, x0, y0, x1, y1, score, class; NMS done per class)
+    -> boxes, scores, labels: per group of classes (one per head), the top max_detections by score."""
+    labels = rows[:, 6].astype(np.int64)
+    starts = np.cumsum([0, *groups])
+    keep = []
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        index = np.nonzero((labels >= lo) & (labels < hi))[0]
+        keep.append(index[np.argsort(-rows[index, 5], kind="stable")[:max_detections]])
+    keep = np.concatenate(keep).astype(np.int64)
+    return {"boxes": rows[keep, 1:5].astype(np.float32), "scores": rows[keep, 5].astype(np.float32),
+            "labels": labels[keep]}
 
 
 def _onnxruntime(file: str, threads: int):
