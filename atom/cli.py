@@ -111,6 +111,10 @@ def cmd_models(args) -> int:
         elif args.models_command == "promote":
             print(registry.promote(args.name, args.version, args.alias, args.force))
         else:
+            from exporters import FORMATS
+
+            if args.format not in FORMATS:
+                raise AtomError(f"unknown export format {args.format!r}; choose one of {sorted(FORMATS)}")
             print(registry.pull(args.model, args.format, Path(args.to)))
     except AtomError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ and size. Rows go to benchmarks/results/formats.jsonl. Asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,7 +58,8 @@ def run(model: str, config: str, overrides: list[str], out: Path, pytorch: dict)
     ref, detector, version = load_registered(cfg)
     name, args = cfg.export.format, OmegaConf.to_container(cfg.export.args)
     bundle = Path(report["bundle"])
-    detect = format_module(FORMATS[name]).runner(bundle / FORMATS[name].file, **args)
+    model_file = json.loads((bundle / "manifest.json").read_text())["model"]["file"]
+    detect = format_module(FORMATS[name]).runner(bundle / model_file, **args)
     gt = version.coco("test", detector.spec.classes)
     if not pytorch:
         pytorch.update(coco_evaluate(gt, predict_split(detector, detector.spec, version, "test"))[0])
@@ -75,7 +77,8 @@ def run(model: str, config: str, overrides: list[str], out: Path, pytorch: dict)
         "size_MB": round(report["size_bytes"] / 1e6, 2), "verified": v["passed"],
         **({"calibration_images": report["calibration"]["images"]} if "calibration" in report else {})}
     setup = {"data": ref.tags["dataset.name"], "model": model, "format": config, "overrides": overrides}
-    return history.record("formats", setup, numbers, OmegaConf.to_container(cfg, resolve=True))
+    return history.record("formats", setup, numbers, {"model": model,
+                                                      "export": OmegaConf.to_container(cfg.export, resolve=True)})
 
 
 def table(rows: list[dict]) -> list[str]:

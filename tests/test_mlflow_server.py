@@ -139,6 +139,7 @@ def test_pull_checks_every_file_and_refuses_an_altered_bundle(mlflow_server, on_
     assert Bundle(target).manifest["source"]["version"] == ref.version
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     for args, message in [(["--format", "tensorrt"], "has no 'tensorrt' bundle; it has ['onnx']"),
+                          (["--format", "coreml"], "unknown export format 'coreml'; choose one of"),
                           (["--to", str(tmp_path)], "exists and is not a bundle")]:
         bad = atom_cli("models", "pull", f"{ref.name}@staging", "--to", str(target), *args, env=env)
         assert bad.returncode == 1 and message in bad.stderr

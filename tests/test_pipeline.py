@@ -203,7 +203,7 @@ def test_every_format_exports_a_verified_bundle_that_the_runtime_runs(trained, p
     assert bundle.manifest["model"]["format"] == result_format(config)
     image = project["version"].root / project["version"].coco("val")["images"][0]["file_name"]
     assert len(bundle.detect_files([image])[0].scores) > 0  # the tiny model's low threshold keeps some boxes
-    tags = MlflowClient().get_model_version(name, trained["result"]["model_version"]).tags
+    tags = MlflowClient().get_model_version(name, result["model"].rsplit("/", 1)[1]).tags  # the version exported
     assert tags[f"bundle.{result_format(config)}"].endswith(f"bundles/{result_format(config)}")
 
 
