@@ -43,7 +43,7 @@ def run(model: str, config: str, overrides: list[str], out: Path, pytorch: dict)
     from omegaconf import OmegaConf
 
     from atom.evaluation import coco_evaluate, predict_split
-    from exporters import FORMATS, FormatUnavailable, format_module
+    from exporters import FORMATS, ExportError, FormatUnavailable, format_module
     from recipes import compose
     from recipes.common import load_registered
     from recipes.export import export
@@ -54,6 +54,9 @@ def run(model: str, config: str, overrides: list[str], out: Path, pytorch: dict)
         report = export(cfg)
     except FormatUnavailable as e:
         print(f"{config}: skipped: {e}")
+        return None
+    except ExportError as e:  # a refused export is a result too: its verification failed
+        print(f"{config}: REFUSED: {e}")
         return None
     ref, detector, version = load_registered(cfg)
     name, args = cfg.export.format, OmegaConf.to_container(cfg.export.args)

@@ -4,7 +4,10 @@ points of mAP; the defaults (FORMATS: 300 images, float outputs) avoid both, and
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -48,3 +51,11 @@ def data_reader(batches: list[np.ndarray], input_name: str):
             return None if batch is None else {input_name: batch}
 
     return Reader()
+
+
+@contextlib.contextmanager
+def scratch_dir():
+    """A temporary working directory for ONNX Runtime's quantization tools, which write temporary files (shape
+    inference models, external data) into the current directory."""
+    with tempfile.TemporaryDirectory(prefix="atom-quantize-") as tmp, contextlib.chdir(tmp):
+        yield Path(tmp)

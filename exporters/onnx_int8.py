@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from exporters import onnx as onnx_export
-from exporters.calibration import FLOAT_OUTPUTS, data_reader
+from exporters.calibration import FLOAT_OUTPUTS, data_reader, scratch_dir
 
 runner = onnx_export.runner
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -20,22 +20,17 @@ def export(detector, sample, out_dir: Path, calibration, calibration_images: int
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out_dir = Path(out_dir)
-    fp32_dir = out_dir / "fp32"
-    fp32_dir.mkdir()
-    fp32 = onnx_export.export(detector, sample, fp32_dir, **args)
-    prepared = fp32_dir / "prepared.onnx"
-    # onnx shape inference suffices (the symbolic one fails on the dynamic batch dimension)
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     reader = data_reader(calibration(int(calibration_images)), onnx_export.INPUT)
-    excluded = [n.name for n in onnx.load(str(prepared)).graph.node
-                if float_outputs and re.search(FLOAT_OUTPUTS, n.name)]
-    path = out_dir / "model.onnx"
-    quantize_static(str(prepared), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    op_types_to_quantize=["Conv"], nodes_to_exclude=excluded,
-                    calibrate_method=getattr(CalibrationMethod, METHODS[calibration_method]))
-    for f in fp32_dir.iterdir():
-        f.unlink()
-    fp32_dir.rmdir()
+    path = Path(out_dir).resolve() / "model.onnx"
+    with scratch_dir() as tmp:
+        fp32 = onnx_export.export(detector, sample, tmp, **args)
+        prepared = tmp / "prepared.onnx"
+        # onnx shape inference suffices (the symbolic one fails on the dynamic batch dimension)
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        excluded = [n.name for n in onnx.load(str(prepared)).graph.node
+                    if float_outputs and re.search(FLOAT_OUTPUTS, n.name)]
+        quantize_static(str(prepared), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        op_types_to_quantize=["Conv"], nodes_to_exclude=excluded,
+                        calibrate_method=getattr(CalibrationMethod, METHODS[calibration_method]))
     onnx.checker.check_model(str(path))
     return path

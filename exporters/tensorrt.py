@@ -16,7 +16,7 @@ import torch
 
 from exporters import ExportError
 from exporters import onnx as onnx_export
-from exporters.calibration import data_reader
+from exporters.calibration import data_reader, scratch_dir
 
 BUILD_SCRIPT, CACHE = "build_engine.sh", "calibration.cache"
 
@@ -79,12 +79,11 @@ def write_calibration_cache(onnx_path: Path, batches: list, path: Path, trt_vers
     batches (ONNX Runtime's MinMax calibrator), written as TensorRT's calibration cache: a header naming the
     TensorRT version and calibrator, then `tensor: scale` with the scale's float32 bits in hex. TensorRT ignores a
     cache whose header names another version, hence `trt_version` (the target's)."""
-    import tempfile
-
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    with tempfile.TemporaryDirectory() as tmp:
-        calibrator = create_calibrator(str(onnx_path), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+    onnx_path, path = Path(onnx_path).resolve(), Path(path).resolve()
+    with scratch_dir() as tmp:
+        calibrator = create_calibrator(str(onnx_path), None, augmented_model_path=str(tmp / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.MinMax)
         calibrator.collect_data(data_reader(batches, onnx_export.INPUT))
         ranges = calibrator.compute_data()

@@ -194,7 +194,9 @@ def test_every_format_exports_a_verified_bundle_that_the_runtime_runs(trained, p
 
     name = trained["result"]["model_name"]
     extra = ["export.args.calibration_images=16"] if "int8" in config else []
+    before = set(Path.cwd().iterdir())
     result = export(_export_cfg(project, f"{name}@candidate", f"export={config}", *extra))
+    assert set(Path.cwd().iterdir()) == before  # the quantization tools' temporary files went elsewhere
     assert result["verification"]["passed"] and result["size_bytes"] > 0
     assert result["latency_ms_batch8"][result_format(config)] > 0
     if "int8" in config:  # calibrated on the model's training split, as many images as asked
