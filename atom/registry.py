@@ -53,7 +53,10 @@ def list_versions(name: str | None = None) -> list[dict]:
 
 def show(ref: str) -> dict:
     model = resolve_model(ref)
-    return next(r for r in list_versions(model.name) if r["version"] == model.version)
+    client = _client()
+    aliases = client.get_registered_model(model.name).aliases or {}
+    return describe(client.get_model_version(model.name, model.version),
+                    sorted(a for a, v in aliases.items() if str(v) == model.version))
 
 
 def held_out(row: dict) -> tuple[str, float] | None:

@@ -22,20 +22,18 @@ FLOAT_OUTPUTS = r"/heads\.\d+/(cls|reg)\.\d+/"
 def calibration_batches(version, split: str, size: int, images: int, batch: int = 8) -> list[np.ndarray]:
     """Up to `images` letterboxed images of the split (float NCHW 0..255, batches of `batch`), spread evenly over it
     so that every part of the split (its scenes, cameras, times of day) is represented."""
-    from atom.models.preprocess import letterbox, read_rgb
+    from atom.models.preprocess import letterbox, read_rgb, to_batch
+    from exporters import ExportError
 
     files = [im["file_name"] for im in version.coco(split)["images"]]
     if not files:
-        raise ValueError(f"{version.root}: split {split!r} has no images to calibrate on")
+        raise ExportError(f"{version.root}: split {split!r} has no images to calibrate on")
     chosen = [files[i] for i in np.linspace(0, len(files) - 1, min(images, len(files))).round().astype(int)]
     if len(chosen) < RECOMMENDED_IMAGES:
         log.warning("calibrating on %d images of %s/%s (< %d recommended): INT8 accuracy may suffer",
                     len(chosen), version.name, split, RECOMMENDED_IMAGES)
-    out = []
-    for i in range(0, len(chosen), batch):
-        pixels = np.stack([letterbox(read_rgb(version.root / f), size)[0] for f in chosen[i:i + batch]])
-        out.append(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32))
-    return out
+    return [to_batch([letterbox(read_rgb(version.root / f), size)[0] for f in chosen[i:i + batch]])
+            for i in range(0, len(chosen), batch)]
 
 
 def data_reader(batches: list[np.ndarray], input_name: str):
