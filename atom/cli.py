@@ -50,6 +50,7 @@ def _print_summary(version, report, new: bool) -> None:
 
 
 def cmd_data_import(args) -> int:
+    from atom.data import remote
     from atom.data.formats import read_source
     from atom.data.version import DatasetError, write_version
 
@@ -60,10 +61,13 @@ def cmd_data_import(args) -> int:
         if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6:
             raise DatasetError(f"--split {args.split!r}: give three ratios (train,val,test) that sum to 1")
         version, new = write_version(source, Path(args.datasets), args.name, classes, ratios)
+        tracked = None if args.no_dvc else remote.track(version)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     _print_summary(version, source.report, new)
+    if tracked:
+        print(f"tracked by DVC: {tracked} (commit it; `atom data push` uploads the version)")
     return 0
 
 
@@ -92,6 +96,53 @@ def cmd_data_show(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_data_push(args) -> int:
+    from atom.data import remote
+    from atom.data.version import DatasetError, open_version
+
+    try:
+        versions = [open_version(Path(args.datasets), *_name_at(d)) for d in args.datasets_to_push]
+        remote.push(versions, args.remote)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for v in versions:
+        print(f"pushed {v.name}@{v.root.name} ({remote.dvc_file(v)})")
+    return 0
+
+
+def cmd_data_pull(args) -> int:
+    from atom import tracking
+    from atom.data import remote
+    from atom.errors import AtomError
+
+    try:
+        if args.model:
+            tracking.configure(args.output_dir)
+            tags = tracking.resolve_model(args.model).tags
+            if "dataset.version" not in tags:
+                raise AtomError(f"model {args.model} has no dataset lineage tags")
+            name, version_id = tags["dataset.name"], tags["dataset.version"]
+            extra = {"dvc_hash": tags.get("dataset.dvc_hash"), "fingerprint": tags.get("dataset.fingerprint")}
+        elif args.dataset:
+            name, version_id = _name_at(args.dataset)
+            extra = {}
+        else:
+            raise AtomError("give NAME@VERSION or --model NAME@ALIAS")
+        version = remote.pull(Path(args.datasets), name, version_id, args.remote, **extra)
+    except AtomError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"restored {version.name}@{version.root.name} at {version.root} (fingerprint {version.fingerprint}, "
+          f"every image checked)")
+    return 0
+
+
+def _name_at(text: str) -> tuple[str, str]:
+    name, _, version = text.partition("@")
+    return name, version or "latest"
 
 
 def cmd_models(args) -> int:
@@ -186,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="atom -v COMMAND ...: show the libraries' own log lines and notices too")
     sub = p.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="dataset versions: import, list, show, make the synthetic sample")
+    data = sub.add_parser("data", help="dataset versions: import, list, show, push, pull, make the synthetic sample")
     dsub = data.add_subparsers(dest="data_command", required=True)
     imp = dsub.add_parser("import", help="validate a labeled source and write it as a dataset version")
     imp.add_argument("path", help="dataset folder or file (YOLO data.yaml folder, VOC root, COCO JSON, LS export)")
@@ -196,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--images-root", help="Label Studio local-files root that image URLs resolve against")
     imp.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test ratios when the source has no splits")
     imp.add_argument("--datasets", default=str(DATASETS_DIR), help="where dataset versions live")
+    imp.add_argument("--no-dvc", action="store_true",
+                     help="do not track the version with DVC (e.g. inside a dvc.yaml stage that outputs it)")
     imp.set_defaults(func=cmd_data_import)
     smp = dsub.add_parser("sample", help="write the synthetic street-scene sample as a Label Studio export")
     smp.add_argument("out", nargs="?", default=str(PROJECT_ROOT / "datasets" / "sample-src"))
@@ -209,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("dataset")
     show.add_argument("--datasets", default=str(DATASETS_DIR))
     show.set_defaults(func=cmd_data_show)
+    push = dsub.add_parser("push", help="upload DVC-tracked versions (NAME or NAME@VERSION) to the DVC remote")
+    push.add_argument("datasets_to_push", nargs="+", metavar="NAME[@VERSION]")
+    push.add_argument("-r", "--remote", help="a DVC remote name (default: the repository's default remote)")
+    push.add_argument("--datasets", default=str(DATASETS_DIR))
+    push.set_defaults(func=cmd_data_push)
+    dpull = dsub.add_parser("pull", help="restore a version from the DVC remote, every image checked: NAME@VERSION, "
+                            "or the data a registered model was trained on (--model NAME@ALIAS)")
+    dpull.add_argument("dataset", nargs="?", metavar="NAME@VERSION")
+    dpull.add_argument("--model", help="a registered model (NAME@ALIAS or NAME/VERSION): restore its training data")
+    dpull.add_argument("-r", "--remote", help="a DVC remote name (default: the repository's default remote)")
+    dpull.add_argument("--datasets", default=str(DATASETS_DIR))
+    dpull.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs"),
+                       help="the embedded MLflow store's folder (MLFLOW_TRACKING_URI, when set, names a server)")
+    dpull.set_defaults(func=cmd_data_pull)
 
     # Listed here for `atom --help`; main() hands them to Hydra before argparse sees them.
     for name, text in [

@@ -60,9 +60,12 @@ def git_commit() -> str:
 
 
 def lineage_tags(version) -> dict[str, str]:
-    """Tags that tie a run or model version to its data and code."""
+    """Tags that tie a run or model version to its data (and, for a DVC-tracked version, where to restore it
+    from: atom/data/remote.py) and code."""
+    from atom.data import remote
+
     return {"dataset.name": version.name, "dataset.version": version.card["version"],
-            "dataset.fingerprint": version.fingerprint, "git.commit": git_commit()}
+            "dataset.fingerprint": version.fingerprint, **remote.lineage(version), "git.commit": git_commit()}
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,11 @@ def import_labels(cfg: DictConfig) -> dict:
 
 
 def pull(cfg: DictConfig) -> dict:
+    from atom.data import remote
+
     version, new, report = _project(cfg).pull(Path(cfg.paths.datasets), cfg.dataset_name)
-    return {"dataset": version.name, "version": version.card["version"], "new": new,
+    tracked = remote.track(version)
+    return {"dvc_file": str(tracked) if tracked else None, "dataset": version.name, "version": version.card["version"], "new": new,
             "fingerprint": version.fingerprint, "splits": version.card["splits"], "problems": report.counts(),
             "path": str(version.root)}
 
