@@ -221,11 +221,13 @@ def cmd_demo(args) -> int:
     rc = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=PROJECT_ROOT, env=env)
     if rc:
         return rc
-    out = PROJECT_ROOT / "outputs"
+    out = PROJECT_ROOT / "outputs"  # conf/paths/pipeline.yaml
     metrics = json.loads((out / "runs/sample/metrics.json").read_text())
+    served = json.loads((out / "pipeline/evaluation/metrics.json").read_text())
     model = json.loads((out / "runs/sample/model_version.json").read_text())
-    bundle = out / "bundles" / model["name"] / f"v{model['version']}" / "onnx"
-    print(f"\nheld-out split: {metrics['split']}  mAP50 {metrics['mAP50']:.3f}  mAP50:95 {metrics['mAP50_95']:.3f}")
+    bundle = out / "pipeline/bundles" / model["name"] / f"v{model['version']}" / "onnx"
+    print(f"\nheld-out split: {metrics['split']}  mAP50 {metrics['mAP50']:.3f}  mAP50:95 {metrics['mAP50_95']:.3f}  "
+          f"(the exported bundle through atom.runtime: mAP50 {served['mAP50']:.3f})")
     print(f"MLflow model: {model['name']} version {model['version']}  ({model['uri']})")
     print(f"bundle: {bundle}" + ("" if (bundle / "manifest.json").exists() else "  (missing!)"))
     print(f"browse runs: mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}")

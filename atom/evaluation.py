@@ -90,23 +90,38 @@ def evaluate(detect: DetectFn, spec: DetectorSpec, version: DatasetVersion, spli
     return metrics, results, ev
 
 
+def evaluate_bundle(bundle, version: DatasetVersion, split: str) -> tuple[dict, list, object]:
+    """The same evaluation through a serving bundle (atom.runtime.Bundle): its own preprocessing, runtime and NMS,
+    read from its manifest, as serving runs it."""
+    gt = version.coco(split, bundle.classes)
+    detections = bundle.detect_files([version.root / im["file_name"] for im in gt["images"]])
+    results = [r for im, det in zip(gt["images"], detections) for r in to_coco_results(im["id"], vars(det))]
+    metrics, ev = coco_evaluate(gt, results)
+    return metrics, results, ev
+
+
 def evaluate_and_log(detector, version: DatasetVersion, split: str, out_dir: Path, run_id: str,
                      metric_prefix: str | None = None, artifact_path: str = "evaluation",
                      extra: dict | None = None) -> tuple[dict, list]:
-    """The one evaluation of a detector that train, adapt and `atom evaluate` share: COCO metrics on `split` of the
-    version (classes and their order are the detector's, whatever the dataset has), written to out_dir/metrics.json
-    with the PR curves and a prediction grid, and logged to the MLflow run (metrics under `metric_prefix`, default
-    the split; files under `artifact_path`). Returns the metrics and the predictions (COCO results)."""
+    """The one evaluation of a detector (or of a serving bundle, atom.runtime.Bundle) that train, adapt and `atom
+    evaluate` share: COCO metrics on `split` of the version (classes and their order are the detector's, whatever
+    the dataset has), written to out_dir/metrics.json with the PR curves and a prediction grid, and logged to the
+    MLflow run (metrics under `metric_prefix`, default the split; files under `artifact_path`). Returns the metrics
+    and the predictions (COCO results)."""
     from mlflow import MlflowClient
 
-    metrics, results, ev = evaluate(detector, detector.spec, version, split)
+    if hasattr(detector, "detect_files"):
+        metrics, results, ev = evaluate_bundle(detector, version, split)
+        classes = detector.classes
+    else:
+        metrics, results, ev = evaluate(detector, detector.spec, version, split)
+        classes = detector.spec.classes
     metrics = {"split": split, **metrics, **(extra or {}), "dataset_fingerprint": version.fingerprint}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    classes = detector.spec.classes
     files = [out_dir / "metrics.json", plot_pr_curves(ev, classes, out_dir / "pr_curves.png"),
-             prediction_grid(version, split, results, classes, out_dir / "predictions.jpg")]
+             out_dir / "pr_curves.json", prediction_grid(version, split, results, classes, out_dir / "predictions.jpg")]
     client = MlflowClient()
     prefix = metric_prefix or split.replace("+", "_")  # MLflow metric names allow no '+'
     client.log_metric(run_id, f"{prefix}/mAP50", metrics["mAP50"])
@@ -119,7 +134,9 @@ def evaluate_and_log(detector, version: DatasetVersion, split: str, out_dir: Pat
 
 
 def plot_pr_curves(ev, classes: list[str], path: Path) -> Path:
-    """Precision-recall at IoU 0.5, one curve per class."""
+    """Precision-recall at IoU 0.5: one curve per class in a picture (path), and beside it (path with .json) the
+    mean over the classes that have ground truth (mAP50 is the area under it) as rows of recall and precision,
+    which `dvc plots` draws and compares across runs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,16 +144,21 @@ def plot_pr_curves(ev, classes: list[str], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 5))
     recall = np.linspace(0, 1, 101)
+    curves = []
     if ev is not None:
         for k, name in enumerate(classes):
             p = ev.eval["precision"][0, :, k, 0, -1]
             if (p > -1).any():
                 ax.plot(recall, np.clip(p, 0, 1), label=f"{name} (AP50 {_mean_valid(p):.3f})")
+                curves.append(np.clip(p, 0, 1))
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="PR curves at IoU 0.5")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    mean = np.mean(curves, axis=0) if curves else np.zeros_like(recall)
+    Path(path).with_suffix(".json").write_text(json.dumps(
+        [{"recall": round(float(r), 2), "precision": round(float(p), 4)} for r, p in zip(recall, mean)]))
     return path
 
 

@@ -8,6 +8,7 @@ weights + spec JSON, and the verified bundle that the python_function flavour se
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -99,10 +100,18 @@ def register_detector(detector, run_id: str, name: str, tags: dict[str, str], al
 
 
 def resolve_model(ref: str) -> ModelRef:
-    """'name@alias', 'name/version' or 'name/latest' -> a registered model version."""
+    """'name@alias', 'name/version', 'name@latest', or the path of a model_version.json that `atom train` wrote
+    (a pin: pipelines name the version a stage produced, not an alias a later run may move) -> a registered model
+    version."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    if ref.endswith(".json"):
+        try:
+            pinned = json.loads(Path(ref).read_text())
+            ref = f"{pinned['name']}/{pinned['version']}"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RegistryError(f"{ref}: not a model_version.json pin ({e})") from None
     client = MlflowClient()
     try:
         if "@" in ref:

@@ -1,6 +1,8 @@
-"""Evaluate a registered model version on a split of the dataset version it was trained on.
+"""Evaluate a registered model version on a split of the dataset version it was trained on: in PyTorch, or
+through the serving bundle that `atom export` made for it (`runtime=FORMAT`: atom.runtime, what serving runs).
 
     atom evaluate model=atom-sample@candidate split=test
+    atom evaluate model=outputs/runs/sample/model_version.json runtime=onnx
 """
 
 from __future__ import annotations
@@ -19,10 +21,27 @@ def evaluate(cfg: DictConfig) -> dict:
 
     ref, detector, version = load_registered(cfg)
     split = cfg.split if version.has_split(cfg.split) else "val"
-    out = Path(cfg.output or Path(cfg.paths.output_dir) / "evaluations" / ref.name / f"v{ref.version}")
-    metrics, _ = evaluate_and_log(detector, version, split, out, ref.run_id, f"eval/{split.replace('+', '_')}",
-                                  f"evaluation/{split}", {"model": ref.uri})
+    name = f"v{ref.version}" + (f"-{cfg.runtime}" if cfg.runtime else "")
+    out = Path(cfg.output or Path(cfg.paths.output_dir) / "evaluations" / ref.name / name)
+    if cfg.runtime:
+        detector = serving_bundle(Path(cfg.paths.bundles), ref, cfg.runtime, cfg.threads)
+    prefix = f"eval/{split.replace('+', '_')}" + (f"/{cfg.runtime}" if cfg.runtime else "")
+    metrics, _ = evaluate_and_log(detector, version, split, out, ref.run_id, prefix,
+                                  f"evaluation/{split}" + (f"-{cfg.runtime}" if cfg.runtime else ""),
+                                  {"model": ref.uri, "runtime": cfg.runtime or "pytorch"})
     return {**metrics, "output": str(out)}
+
+
+def serving_bundle(bundles: Path, ref, fmt: str, threads: int):
+    """The bundle `atom export` wrote for the version in this format, loaded by the torch-free runtime."""
+    from atom.errors import RegistryError
+    from atom.runtime import Bundle
+
+    root = bundles / ref.name / f"v{ref.version}" / fmt
+    if not (root / "manifest.json").exists():
+        raise RegistryError(f"{root}: no {fmt} bundle of {ref.uri} here; make it with "
+                            f"`atom export model={ref.name}/{ref.version} export={fmt}` (or `atom models pull`)")
+    return Bundle(root, threads=threads)
 
 
 def main() -> None:
