@@ -42,11 +42,16 @@ def lineage_version(ref, datasets_dir, remedy: str = ""):
 
 
 def mlflow_logger(cfg: DictConfig, version, run_dir: Path):
-    """The run's MLFlowLogger: a new run, or the interrupted one when resuming. Returns (logger, resuming)."""
-    from pytorch_lightning.loggers import MLFlowLogger
+    """The run's MLFlowLogger: a new run, or the interrupted one when resuming. Returns (logger, resuming). In a
+    distributed run only rank 0 talks to MLflow (an MLflow client on another rank would race rank 0 creating the
+    embedded store); the others get a placeholder logger, which Lightning keeps silent off rank 0."""
+    from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+    from pytorch_lightning.utilities import rank_zero_only
 
     from atom import tracking
 
+    if rank_zero_only.rank != 0:
+        return CSVLogger(run_dir / "ranks"), False
     uri = tracking.configure(cfg.paths.output_dir)
     tracking.ensure_experiment(cfg.tracking.experiment, cfg.paths.output_dir)
     run_id_file = run_dir / "mlflow_run_id"

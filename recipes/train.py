@@ -1,6 +1,7 @@
 """Train a detector on a dataset version, evaluate it on the held-out split, register it in MLflow.
 
     python -m recipes.train experiment=vehicles      (or: atom train experiment=vehicles)
+    torchrun --nproc_per_node 2 -m recipes.train experiment=vehicles trainer=ddp trainer.devices=2
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def train(cfg: DictConfig) -> dict:
 
     from atom import tracking
     from atom.data.version import DatasetError, open_version
-    from atom.training.callbacks import RampedEMA, TrainThroughput
+    from atom.training.callbacks import RampedEMA, ShardRecord, TrainThroughput
     from atom.training.datamodule import DetectionDataModule
     from atom.training.module import DetectionModule
 
@@ -46,7 +47,6 @@ def train(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     logger, resuming = mlflow_logger(cfg, version, run_dir)
-    run_id = logger.run_id
     resume_ckpt = run_dir / "checkpoints" / "last.ckpt"
 
     val_gt = version.coco(cfg.data.val_split, spec["classes"])
@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> dict:
                                      classes=spec["classes"])
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
     throughput = TrainThroughput()
-    callbacks = [checkpoint, throughput]
+    callbacks = [checkpoint, throughput, ShardRecord(run_dir)]
     if cfg.callbacks.rich_progress:
         callbacks.append(RichProgressBar())
     if cfg.callbacks.lr_monitor:
@@ -66,6 +66,9 @@ def train(cfg: DictConfig) -> dict:
     trainer = pl.Trainer(logger=logger, callbacks=callbacks, default_root_dir=run_dir,
                          **OmegaConf.to_container(cfg.trainer))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resuming else None)
+    if not trainer.is_global_zero:  # distributed: rank 0 evaluates, registers and writes the run's files
+        return {"rank": trainer.global_rank}
+    run_id = logger.run_id
 
     if checkpoint.best_model_path:  # evaluate the best epoch, not merely the last
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)

@@ -119,7 +119,7 @@ def test_s3_remote_round_trip(repo, s3_server, tmp_path):
     assert fingerprint(fresh / "datasets" / "sample" / version.name) == fingerprint(version)
 
 
-def test_model_lineage_restores_its_training_data_without_the_dvc_file(repo, tmp_path):
+def test_model_lineage_restores_its_training_data_without_the_dvc_file(repo, tmp_path, monkeypatch):
     """A model trained on a tracked version records its DVC hash and remote; a clone that never had the version's
     .dvc file restores exactly that data from `atom data pull --model`."""
     from recipes import compose
@@ -128,7 +128,8 @@ def test_model_lineage_restores_its_training_data_without_the_dvc_file(repo, tmp
     root, version = repo["root"], repo["version"]
     assert atom(["data", "push", "sample", "--datasets", str(root / "datasets")]) == 0
     project = {"datasets": root / "datasets", "outputs": tmp_path / "outputs"}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # MLflow exports the store it is pointed at as MLFLOW_TRACKING_URI: set here, it is undone after the test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project['outputs'].resolve()}/mlflow.db")
     result = train(compose("train", ["experiment=sample", *tiny_overrides(project, "lineage")]))
     from atom import tracking
 

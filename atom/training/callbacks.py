@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import WeightAveraging
@@ -28,6 +30,26 @@ class TrainThroughput(pl.Callback):
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+
+class ShardRecord(pl.Callback):
+    """In a distributed run, which training images each rank trained on in the first epoch, written to
+    <run_dir>/ranks/rank<R>.json: the sharding can be checked after the fact (disjoint but for the few images the
+    sampler repeats to make shards equal)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.seen = Path(run_dir), []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.current_epoch == 0:
+            self.seen.extend(int(m["image_id"]) for m in batch[2])
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch == 0 and trainer.world_size > 1:
+            folder = self.run_dir / "ranks"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(
+                {"rank": trainer.global_rank, "world_size": trainer.world_size, "image_ids": self.seen}))
 
 
 class RampedEMA(WeightAveraging):

@@ -1,4 +1,5 @@
-"""LightningModule for the detector: FCOS loss, AdamW with warm-up + cosine schedule, per-epoch COCO val mAP."""
+"""LightningModule for the detector: FCOS loss, AdamW with warm-up + cosine schedule, per-epoch COCO val mAP (over
+every rank's predictions when training is distributed)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class DetectionModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["val_gt", "detector"])
         self.detector = detector if detector is not None else Detector(DetectorSpec(**spec))
         self.val_gt = val_gt
-        self._val_results: list[dict] = []
+        self._val_results: dict[int, list[dict]] = {}  # image id -> its predictions (COCO results)
 
     def on_train_start(self):
         # Lightning 2.6 leaves module modes as they are; Detector.train applies its policy (frozen parts and, with
@@ -48,15 +49,26 @@ class DetectionModule(pl.LightningModule):
         images, _, metas = batch
         dets = self.detector.predict(images, [m["scale"] for m in metas])
         for meta, det in zip(metas, dets):
-            self._val_results.extend(to_coco_results(meta["image_id"], det))
+            self._val_results[meta["image_id"]] = to_coco_results(meta["image_id"], det)
 
     def on_validation_epoch_end(self):
         if self.val_gt is None:
             return
-        metrics, _ = coco_evaluate(self.val_gt, self._val_results)
-        self._val_results = []
+        per_image = self._all_ranks(self._val_results)
+        self._val_results = {}
+        metrics, _ = coco_evaluate(self.val_gt, [r for results in per_image.values() for r in results])
+        # Every rank computed the same numbers from the same gathered predictions: nothing to reduce.
         self.log("val/mAP50", metrics["mAP50"], prog_bar=True)
         self.log("val/mAP50_95", metrics["mAP50_95"], prog_bar=True)
+
+    def _all_ranks(self, per_image: dict[int, list[dict]]) -> dict[int, list[dict]]:
+        """Each DDP rank validated its shard of the split; mAP needs all of them. Lightning's sampler repeats a few
+        images so that shards are equal: keyed by image, they count once."""
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return per_image
+        parts: list = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(parts, per_image)
+        return {image: results for part in parts for image, results in part.items()}
 
     def configure_optimizers(self):
         prefixes = tuple(f"{name}." for name, _ in self.detector.backbones())
