@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import history, shared  # noqa: E402
+from tests.servers import start_s3  # noqa: E402
 
 GIT = ["git", "-c", "user.email=bench@atom", "-c", "user.name=bench"]
 
@@ -50,22 +51,6 @@ def synthetic_coco(folder: Path, n: int) -> Path:
                                     "area": 1600, "iscrowd": 0})
     (folder / "annotations.json").write_text(json.dumps(coco))
     return folder / "annotations.json"
-
-
-def start_s3(tmp: Path) -> tuple[subprocess.Popen, str]:
-    import boto3
-
-    from tests.servers import free_port, wait_healthy
-
-    port = free_port()
-    log = open(tmp / "moto.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(f"{url}/moto-api/", proc, 60, tmp / "moto.log")
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="atom-bench")
-    return proc, url
 
 
 def measure(name: str, source: tuple[str, Path], tmp: Path, remotes: dict[str, list[list[str]]]) -> list[dict]:
@@ -118,7 +103,7 @@ def main() -> int:
         if "local" in args.remotes:
             remotes["local"] = [["remote", "add", "local", "{tmp}/local-remote"]]
         if "s3" in args.remotes:
-            server, url = start_s3(tmp)
+            server, url = start_s3(tmp, "atom-bench")
             remotes["s3"] = [["remote", "add", "s3", "s3://atom-bench/dvc"],
                              ["remote", "modify", "s3", "endpointurl", url]]
         try:

@@ -87,24 +87,14 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """An S3-compatible server on 127.0.0.1 (moto), with one bucket; the AWS credentials it accepts are set in the
-    environment that DVC (boto) reads. Yields its endpoint URL."""
-    root = tmp_path_factory.mktemp("s3")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(f"{url}/moto-api/", proc, 60, root / "server.log")
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    import boto3
+    """An S3-compatible server on 127.0.0.1 (moto) with the bucket `atom-data`; yields its endpoint URL."""
+    from tests.servers import start_s3
 
-    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="atom-data")
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    proc, url = start_s3(tmp_path_factory.mktemp("s3"), "atom-data")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
-    log.close()
     for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 

@@ -1,11 +1,13 @@
-"""Test infrastructure: free ports, waiting for a server, and a local headless Label Studio server for tests and
-benchmarks (its own virtual environment, 127.0.0.1 only), started as the README tells users to start theirs."""
+"""Test infrastructure: free ports, waiting for a server, a local S3-compatible server (moto), and a local headless
+Label Studio server for tests and benchmarks (its own virtual environment, 127.0.0.1 only), started as the README
+tells users to start theirs."""
 
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -33,6 +35,22 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path | N
             time.sleep(1)
     proc.terminate()
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start_s3(folder: Path, bucket: str) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server on 127.0.0.1 with one bucket; the credentials it accepts are put in the environment, where
+    DVC (boto) reads them. Returns the process and the endpoint URL; the log goes to folder/s3.log."""
+    import boto3
+
+    port = free_port()
+    log = open(Path(folder) / "s3.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(f"{url}/moto-api/", proc, 60, Path(folder) / "s3.log")
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket=bucket)
+    return proc, url
 
 
 LABEL_STUDIO_BIN = Path(os.environ.get("ATOM_LABEL_STUDIO_BIN", PROJECT_ROOT / ".venv-labelstudio/bin/label-studio"))
