@@ -90,6 +90,7 @@ def test_an_altered_image_in_the_remote_is_refused_by_name(repo, tmp_path, capsy
     assert atom(["data", "pull", f"sample@{version.name}", "--datasets", str(fresh / "datasets")]) == 1
     err = capsys.readouterr().err
     assert image.name in err and "altered" in err
+    assert not (fresh / "datasets" / "sample" / version.name).exists()  # no half-restored version to train on
 
 
 def test_unknown_version_and_untracked_push_are_clear_errors(repo, sample_export, tmp_path, capsys):

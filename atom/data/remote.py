@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,7 +131,8 @@ def pull(datasets_dir: Path, name: str, version_id: str, remote: str | None = No
         raise RemoteError(f"{datasets_dir} is not inside a DVC repository: nothing to pull from")
     base = datasets_dir / name
     candidates = sorted(base.glob(f"{version_id}*.dvc")) if base.exists() else []
-    if not candidates:
+    recreated = not candidates
+    if recreated:
         if not dvc_hash or len(version_id) != 12:
             raise RemoteError(f"{base}/{version_id}.dvc: this checkout has no DVC file for {name}@{version_id} "
                               f"and no DVC hash was given (`atom data pull --model NAME@ALIAS` reads it from "
@@ -141,10 +143,20 @@ def pull(datasets_dir: Path, name: str, version_id: str, remote: str | None = No
     elif len(candidates) > 1:
         raise RemoteError(f"{base}: version {version_id!r} is ambiguous ({[c.stem for c in candidates]})")
     target = candidates[0]
-    _dvc(root, "pull", "--quiet", *(["-r", remote] if remote else []), str(target.relative_to(root)),
-         what=f"pulling {name}@{target.stem}")
-    version = open_version(datasets_dir, name, target.stem)
-    verify(version, fingerprint)
+    existed = (base / target.stem / "card.json").exists()
+    try:
+        _dvc(root, "pull", "--quiet", *(["-r", remote] if remote else []), str(target.relative_to(root)),
+             what=f"pulling {name}@{target.stem}")
+        version = open_version(datasets_dir, name, target.stem)
+        verify(version, fingerprint)
+    except DatasetError:
+        # A version that did not arrive whole must not be found later by a training run: remove what came (a copy
+        # that was here before is left as it was).
+        if not existed:
+            shutil.rmtree(base / target.stem, ignore_errors=True)
+        if recreated:
+            target.unlink(missing_ok=True)
+        raise
     if not (base / "latest").exists():
         (base / "latest").write_text(version.root.name + "\n")
     return version
