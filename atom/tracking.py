@@ -84,18 +84,28 @@ class ModelRef:
 
 def register_detector(detector, run_id: str, name: str, tags: dict[str, str], alias: str | None) -> ModelRef:
     """Log the detector to the run, register it as a new version of `name`, tag it with its lineage."""
+    return register_logged(log_detector(detector, run_id), run_id, name, tags, alias)
+
+
+def log_detector(detector, run_id: str) -> str:
+    """Log the detector to the run (the `atom` flavour) without registering it; returns its models:/ URI."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.models import Model
 
     from atom import flavor
 
     with mlflow.start_run(run_id=run_id):
-        info = Model.log(artifact_path=None, name="detector", flavor=flavor, detector=detector)
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
-    client = MlflowClient()
+        return Model.log(artifact_path=None, name="detector", flavor=flavor, detector=detector).model_uri
+
+
+def register_logged(model_uri: str, run_id: str, name: str, tags: dict[str, str], alias: str | None) -> ModelRef:
+    """Register a logged detector (log_detector's URI) as a new version of `name`, tagged with its lineage."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mv = mlflow.register_model(model_uri, name, tags=tags)
     if alias:
-        client.set_registered_model_alias(name, alias, mv.version)
+        MlflowClient().set_registered_model_alias(name, alias, mv.version)
     return ModelRef(name, str(mv.version), run_id, dict(tags), _model_id(mv))
 
 

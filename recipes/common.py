@@ -41,7 +41,7 @@ def lineage_version(ref, datasets_dir, remedy: str = ""):
                            f"which is not in {datasets_dir}: {e}{remedy}") from None
 
 
-def mlflow_logger(cfg: DictConfig, version, run_dir: Path):
+def mlflow_logger(cfg: DictConfig, version, run_dir: Path, extra_tags: dict | None = None):
     """The run's MLFlowLogger: a new run, or the interrupted one when resuming. Returns (logger, resuming). In a
     distributed run only rank 0 talks to MLflow (an MLflow client on another rank would race rank 0 creating the
     embedded store); the others get a placeholder logger, which Lightning keeps silent off rank 0."""
@@ -61,7 +61,8 @@ def mlflow_logger(cfg: DictConfig, version, run_dir: Path):
     logger = MLFlowLogger(
         experiment_name=cfg.tracking.experiment, run_name=cfg.run_name, tracking_uri=uri,
         artifact_location=tracking.artifact_location(cfg.paths.output_dir, uri),
-        run_id=run_id_file.read_text().strip() if resuming else None, tags=tracking.lineage_tags(version))
+        run_id=run_id_file.read_text().strip() if resuming else None,
+        tags={**tracking.lineage_tags(version), **(extra_tags or {})})
     run_id_file.write_text(logger.run_id)
     if resuming:  # MLflow params are immutable: the resumed run keeps its first config; the new one is an artifact
         logger.experiment.set_tag(logger.run_id, "resumed", "true")

@@ -44,11 +44,12 @@ def run(command: str, config_name: str, task: Callable[[DictConfig], dict], argv
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 failures.append(str(e))
                 log.error("job %s failed: %s", HydraConfig.get().job.num, e)
-                return None
+                return float("nan")  # a searching sweeper (Optuna) records the trial as failed
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1) from None
         print(json.dumps(result, indent=1, default=str), flush=True)
-        return result
+        # A searching sweeper (Optuna) compares jobs by the number they return: a training's sweep.metric.
+        return result.get("objective", result) if isinstance(result, dict) else result
 
     user_dir = os.environ.get("ATOM_CONFIG_DIR")
     extra = ["--config-dir", user_dir] if user_dir and "--config-dir" not in argv and "-cd" not in argv else []

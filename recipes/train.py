@@ -2,6 +2,7 @@
 
     python -m recipes.train experiment=vehicles      (or: atom train experiment=vehicles)
     torchrun --nproc_per_node 2 -m recipes.train experiment=vehicles trainer=ddp trainer.devices=2
+    atom train -m experiment=vehicles hparams_search=optuna sweep.register=best      (recipes/sweep.py)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipes import entry
 from recipes.common import mlflow_logger
+from recipes.sweep import PARENT_RUN_ENV, record_trial, trial_tags
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,15 @@ def train(cfg: DictConfig) -> dict:
             raise DatasetError(f"{version.root}: dataset version has no {split!r} images; re-import it with a "
                                f"split (sources without splits are split by `--split`)")
     test_split = cfg.data.test_split if version.has_split(cfg.data.test_split) else cfg.data.val_split
+    in_sweep = PARENT_RUN_ENV in os.environ  # a trial of `atom train -m` (recipes/sweep.py)
     run_dir = Path(cfg.paths.run_dir)
+    if in_sweep:  # the trials of a sweep share run_name: each keeps its own folder
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = run_dir / f"trial{HydraConfig.get().job.num}"
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    logger, resuming = mlflow_logger(cfg, version, run_dir)
+    logger, resuming = mlflow_logger(cfg, version, run_dir, trial_tags(cfg) if in_sweep else None)
     resume_ckpt = run_dir / "checkpoints" / "last.ckpt"
 
     val_gt = version.coco(cfg.data.val_split, spec["classes"])
@@ -84,11 +91,17 @@ def train(cfg: DictConfig) -> dict:
         "best_val_mAP50": float(best_val) if best_val is not None else None,
         "parameters_M": round(sum(p.numel() for p in detector.parameters()) / 1e6, 3)})
 
-    ref = tracking.register_detector(detector, run_id, cfg.tracking.model_name, {
-        **tracking.lineage_tags(version),
-        f"{test_split}.mAP50": f"{metrics['mAP50']:.4f}", f"{test_split}.mAP50_95": f"{metrics['mAP50_95']:.4f}",
-    }, cfg.tracking.alias)
-    summary = {**metrics, "model_name": ref.name, "model_version": ref.version, "run_id": run_id}
+    tags = {**tracking.lineage_tags(version), f"{test_split}.mAP50": f"{metrics['mAP50']:.4f}",
+            f"{test_split}.mAP50_95": f"{metrics['mAP50_95']:.4f}"}
+    model_uri = tracking.log_detector(detector, run_id)
+    summary = {**metrics, "objective": metrics.get(cfg.sweep.metric), "model_uri": model_uri, "run_id": run_id}
+    if in_sweep:
+        record_trial(run_id, summary["objective"], model_uri,
+                     {"name": cfg.tracking.model_name, "tags": tags, "alias": cfg.tracking.alias})
+        if cfg.sweep.register != "all":
+            return summary
+    ref = tracking.register_logged(model_uri, run_id, cfg.tracking.model_name, tags, cfg.tracking.alias)
+    summary.update(model_name=ref.name, model_version=ref.version)
     (run_dir / "model_version.json").write_text(json.dumps(
         {"name": ref.name, "version": ref.version, "run_id": run_id, "uri": ref.uri}, indent=1))
     log.info("registered %s version %s (%s mAP50 %.3f)", ref.name, ref.version, test_split, metrics["mAP50"])

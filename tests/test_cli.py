@@ -11,7 +11,8 @@ import pytest
 
 from atom import PROJECT_ROOT
 
-PLAIN = [[], ["data"], ["data", "import"], ["data", "sample"], ["data", "list"], ["data", "show"], ["demo"],
+PLAIN = [[], ["data"], ["data", "import"], ["data", "sample"], ["data", "list"], ["data", "show"], ["data", "push"],
+         ["data", "pull"], ["demo"],
          ["label"], ["models"], ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "pull"]]
 HYDRA = [["train"], ["evaluate"], ["export"], ["adapt"], ["label", "init"], ["label", "import"], ["label", "pull"],
          ["label", "predict"], ["label", "serve"], ["label", "queue"]]
