@@ -28,7 +28,7 @@ $(LS_VENV)/.installed:
 	touch $@
 
 test: venv $(LS_VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests --nbmake notebooks
 
 # The cheap tests (no training, no servers, no ../shared): under a minute, for the edit-test loop.
 test-fast: venv
