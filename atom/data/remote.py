@@ -63,7 +63,7 @@ def track(version: DatasetVersion) -> Path | None:
     version = DatasetVersion(version.root.resolve())
     root = dvc_root(version.root.parent)
     if root is None:
-        log.info("%s is not inside a DVC repository: version not tracked by DVC", version.root)
+        log.debug("%s is not inside a DVC repository: version not tracked by DVC", version.root)
         return None
     target = dvc_file(version)
     if not target.exists():
