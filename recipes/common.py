@@ -13,9 +13,9 @@ from atom.errors import RegistryError
 log = logging.getLogger(__name__)
 
 
-def load_registered(cfg: DictConfig):
+def load_registered(cfg: DictConfig, detector: bool = True):
     """(ModelRef, Detector, DatasetVersion) of the registered model cfg.model, with the dataset version of its
-    lineage."""
+    lineage; the Detector is None with detector=False (a caller that runs the version's bundle instead)."""
     import torch
 
     from atom import tracking
@@ -24,7 +24,7 @@ def load_registered(cfg: DictConfig):
     tracking.configure(cfg.paths.output_dir)
     ref = tracking.resolve_model(cfg.model)
     version = lineage_version(ref, cfg.paths.datasets)
-    return ref, tracking.load_detector(ref), version
+    return ref, tracking.load_detector(ref) if detector else None, version
 
 
 def lineage_version(ref, datasets_dir, remedy: str = ""):

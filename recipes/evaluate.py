@@ -19,11 +19,11 @@ from recipes.common import load_registered
 def evaluate(cfg: DictConfig) -> dict:
     from atom.evaluation import evaluate_and_log
 
-    ref, detector, version = load_registered(cfg)
+    ref, detector, version = load_registered(cfg, detector=not cfg.runtime)
     split = cfg.split if version.has_split(cfg.split) else "val"
     name = f"v{ref.version}" + (f"-{cfg.runtime}" if cfg.runtime else "")
     out = Path(cfg.output or Path(cfg.paths.output_dir) / "evaluations" / ref.name / name)
-    if cfg.runtime:
+    if cfg.runtime:  # the bundle alone, as serving runs it: the PyTorch detector is not loaded
         detector = serving_bundle(Path(cfg.paths.bundles), ref, cfg.runtime, cfg.threads)
     prefix = f"eval/{split.replace('+', '_')}" + (f"/{cfg.runtime}" if cfg.runtime else "")
     metrics, _ = evaluate_and_log(detector, version, split, out, ref.run_id, prefix,

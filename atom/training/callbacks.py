@@ -41,7 +41,7 @@ class ShardRecord(pl.Callback):
         self.run_dir, self.seen = Path(run_dir), []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.current_epoch == 0:
+        if trainer.current_epoch == 0 and trainer.world_size > 1:
             self.seen.extend(int(m["image_id"]) for m in batch[2])
 
     def on_train_epoch_end(self, trainer, module):
