@@ -1,11 +1,13 @@
-"""DVC with many small files: how long tracking (`dvc add` at import), `dvc push` and `dvc pull` into a fresh clone
-take for dataset versions, to a local-folder remote and to an S3-compatible server (moto on 127.0.0.1; a real
-S3/MinIO adds network latency per request, so per-file cost matters more there). Versions: ../shared's vehicles
-and a synthetic version of N small images (default 10,000: random-noise JPEGs, one box each), each in its own git +
-DVC repository. Rows go to benchmarks/results/dvc_transfer.jsonl. Asserts nothing.
+"""DVC with many small files: how long tracking, `dvc push` and a pull into a fresh clone take for dataset versions,
+to a local-folder remote and to an S3-compatible server (moto on 127.0.0.1; a real S3/MinIO adds network latency
+per request, so per-file cost matters more there). Two layouts: `files` (`dvc add` of the version folder, one DVC
+object per file) and `shards` (what ATOM does, atom/data/remote.py: `track` packs tar shards and adds them; the pull
+is `atom data pull`, which also unpacks and checks every image's sha256). Versions: ../shared's vehicles and a
+synthetic version of N small images (default 10,000: random-noise JPEGs, one box each), each in its own git + DVC
+repository. Rows go to benchmarks/results/dvc_transfer.jsonl. Asserts nothing.
 
-    .venv/bin/python benchmarks/dvc_transfer.py                   # vehicles + 10k synthetic, local and s3
-    .venv/bin/python benchmarks/dvc_transfer.py --images 2000 --remotes local
+    .venv/bin/python benchmarks/dvc_transfer.py                   # vehicles + 10k synthetic, both layouts, local and s3
+    .venv/bin/python benchmarks/dvc_transfer.py --images 2000 --remotes local --layouts shards
 """
 
 from __future__ import annotations
@@ -53,12 +55,16 @@ def synthetic_coco(folder: Path, n: int) -> Path:
     return folder / "annotations.json"
 
 
-def measure(name: str, source: tuple[str, Path], tmp: Path, remotes: dict[str, list[list[str]]]) -> list[dict]:
+def measure(name: str, source: tuple[str, Path], tmp: Path, remotes: dict[str, list[list[str]]],
+            layout: str) -> list[dict]:
     from atom.cli import main as atom
+    from atom.data import remote as atom_remote
+    from atom.data.version import DatasetVersion
 
-    repo = tmp / f"repo-{name}"
+    repo = tmp / f"repo-{name}-{layout}"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / ".gitignore").write_text((Path(__file__).resolve().parents[1] / ".gitignore").read_text())
     dvc(repo, "init", "-q")
     for setup in remotes.values():
         for args in setup:
@@ -70,7 +76,13 @@ def measure(name: str, source: tuple[str, Path], tmp: Path, remotes: dict[str, l
     (version,) = [p for p in (repo / "datasets" / name).iterdir() if (p / "card.json").exists()]
     files = sum(1 for p in version.rglob("*") if p.is_file())
     size_mb = sum(p.stat().st_size for p in version.rglob("*") if p.is_file()) / 1e6
-    add_s = dvc(repo, "add", "--quiet", str(version.relative_to(repo)))
+    start = time.perf_counter()
+    if layout == "files":
+        dvc(repo, "add", "--quiet", str(version.relative_to(repo)))
+    else:
+        atom_remote.track(DatasetVersion(version))
+    add_s = time.perf_counter() - start
+    objects = files if layout == "files" else len(list(atom_remote.shards_dir(version).iterdir()))
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run([*GIT, "commit", "-qm", "data"], cwd=repo, check=True)
     rows = []
@@ -78,15 +90,22 @@ def measure(name: str, source: tuple[str, Path], tmp: Path, remotes: dict[str, l
         push_s = dvc(repo, "push", "--quiet", "-r", remote)
         fresh = tmp / f"clone-{name}-{remote}"
         subprocess.run(["git", "clone", "-q", str(repo), str(fresh)], check=True)
-        pull_s = dvc(fresh, "pull", "--quiet", "-r", remote)
+        start = time.perf_counter()
+        if layout == "files":
+            dvc(fresh, "pull", "--quiet", "-r", remote)
+        else:
+            assert atom(["data", "pull", f"{name}@{version.name}", "-r", remote,
+                         "--datasets", str(fresh / "datasets")]) == 0
+        pull_s = time.perf_counter() - start
         pulled = sum(1 for p in (fresh / "datasets" / name / version.name).rglob("*") if p.is_file())
-        numbers = {"files": files, "size_MB": round(size_mb, 1), "import_s": round(import_s, 1),
-                   "dvc_add_s": round(add_s, 1), "push_s": round(push_s, 1), "pull_s": round(pull_s, 1),
+        numbers = {"files": files, "objects": objects, "size_MB": round(size_mb, 1), "import_s": round(import_s, 1),
+                   "track_s": round(add_s, 1), "push_s": round(push_s, 1), "pull_s": round(pull_s, 1),
                    "push_files_per_s": round(files / push_s, 1), "pull_files_per_s": round(files / pull_s, 1),
                    "pulled_files": pulled}
-        print(f"{name:10s} {remote:6s} {files:6d} files {size_mb:8.1f} MB  add {add_s:6.1f} s  push {push_s:6.1f} s "
-              f"pull {pull_s:6.1f} s  ({files / push_s:7.1f} / {files / pull_s:7.1f} files/s)", flush=True)
-        rows.append(history.record("dvc_transfer", {"data": name, "remote": remote}, numbers))
+        print(f"{name:15s} {layout:6s} {remote:6s} {files:6d} files ({objects:5d} objects) {size_mb:7.1f} MB  "
+              f"track {add_s:5.1f} s  push {push_s:5.1f} s  pull {pull_s:5.1f} s  "
+              f"({files / push_s:7.1f} / {files / pull_s:7.1f} files/s)", flush=True)
+        rows.append(history.record("dvc_transfer", {"data": name, "remote": remote, "layout": layout}, numbers))
         shutil.rmtree(fresh)
     return rows
 
@@ -95,6 +114,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=10_000, help="images of the synthetic version")
     ap.add_argument("--remotes", nargs="+", default=["local", "s3"], choices=["local", "s3"])
+    ap.add_argument("--layouts", nargs="+", default=["files", "shards"], choices=["files", "shards"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="atom-dvc-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -114,7 +134,8 @@ def main() -> int:
                 print(f"vehicles: skipped ({shared.SHARED / 'vehicles'} not found)")
             sources[f"synthetic{args.images}"] = ("coco", synthetic_coco(tmp / "synthetic-src", args.images))
             for name, source in sources.items():
-                measure(name, source, tmp, remotes)
+                for layout in args.layouts:
+                    measure(name, source, tmp, remotes, layout)
         finally:
             if server:
                 server.terminate()

@@ -55,13 +55,24 @@ def fingerprint(version: Path) -> str:
     return json.loads((version / "card.json").read_text())["fingerprint"]
 
 
-def test_import_tracks_the_version_and_git_keeps_only_its_dvc_file(repo):
+def test_import_tracks_the_version_as_shards_and_git_keeps_only_its_dvc_file(repo):
+    import json
+
     root, version = repo["root"], repo["version"]
     dvc_file = version.parent / f"{version.name}.dvc"
     assert dvc_file.exists()
     tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
     assert f"datasets/sample/{version.name}.dvc" in tracked
-    assert "card.json" not in tracked and "images/" not in tracked  # the data itself is DVC's
+    assert "card.json" not in tracked and "images/" not in tracked and ".tar" not in tracked  # the data is DVC's
+    shards = version.parent / f"{version.name}.shards"
+    index = json.loads((shards / "index.json").read_text())
+    files = sorted(p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file())
+    assert sorted(index["files"]) == files  # every file of the version, each once
+    name = next(n for n in files if n.endswith(".jpg"))
+    shard, offset, size = index["files"][name]
+    with open(shards / shard, "rb") as f:  # the index reads one image without unpacking
+        f.seek(offset)
+        assert f.read(size) == (version / name).read_bytes()
 
 
 def test_fresh_clone_restores_the_version_from_the_local_remote(repo, tmp_path, capsys):
@@ -78,19 +89,27 @@ def test_fresh_clone_restores_the_version_from_the_local_remote(repo, tmp_path, 
 
 
 def test_an_altered_image_in_the_remote_is_refused_by_name(repo, tmp_path, capsys):
+    import json
+
     root, version = repo["root"], repo["version"]
     assert atom(["data", "push", "sample", "--datasets", str(root / "datasets")]) == 0
     image = sorted(version.rglob("*.jpg"))[0]
-    md5 = hashlib.md5(image.read_bytes()).hexdigest()
+    shards = version.parent / f"{version.name}.shards"
+    shard, offset, size = json.loads((shards / "index.json").read_text())["files"][
+        image.relative_to(version).as_posix()]
+    md5 = hashlib.md5((shards / shard).read_bytes()).hexdigest()
     stored = repo["remote"] / "files" / "md5" / md5[:2] / md5[2:]
     os.chmod(stored, 0o644)
-    stored.write_bytes(stored.read_bytes()[:-100] + b"x" * 100)
+    data = bytearray(stored.read_bytes())
+    data[offset + size - 100:offset + size] = b"x" * 100  # inside the image's bytes: the tar stays readable
+    stored.write_bytes(bytes(data))
     fresh = clone(root, tmp_path / "fresh")
     capsys.readouterr()
     assert atom(["data", "pull", f"sample@{version.name}", "--datasets", str(fresh / "datasets")]) == 1
     err = capsys.readouterr().err
     assert image.name in err and "altered" in err
     assert not (fresh / "datasets" / "sample" / version.name).exists()  # no half-restored version to train on
+    assert not (fresh / "datasets" / "sample" / shards.name).exists()
 
 
 def test_unknown_version_and_untracked_push_are_clear_errors(repo, sample_export, tmp_path, capsys):
@@ -114,7 +133,8 @@ def test_s3_remote_round_trip(repo, s3_server, tmp_path):
     commit(root, "s3 remote")
     assert atom(["data", "push", f"sample@{version.name}", "-r", "s3", "--datasets", str(root / "datasets")]) == 0
     objects = boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket="atom-data", Prefix="dvc/")
-    assert objects["KeyCount"] >= len(list(version.rglob("*.jpg")))
+    shards = len(list((version.parent / f"{version.name}.shards").glob("*.tar")))
+    assert objects["KeyCount"] == shards + 2  # the shards, index.json and DVC's directory listing: not per image
     fresh = clone(root, tmp_path / "fresh")
     assert atom(["data", "pull", f"sample@{version.name}", "-r", "s3", "--datasets", str(fresh / "datasets")]) == 0
     assert fingerprint(fresh / "datasets" / "sample" / version.name) == fingerprint(version)
