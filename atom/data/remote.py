@@ -161,7 +161,19 @@ def track(version: DatasetVersion) -> Path | None:
         _dvc(root, "add", "--quiet", str(shards.relative_to(root)), what=f"tracking {version.root}")
         # DVC names the file after its output (<version>.shards.dvc); the version's name is what people look for.
         shards.parent.joinpath(shards.name + ".dvc").rename(target)
+    _git_ignore(version.root.parent, [f"/{version.root.name}", f"/{shards_dir(version.root).name}", "/latest"])
     return target
+
+
+def _git_ignore(folder: Path, entries: list[str]) -> None:
+    """Add entries to a folder's .gitignore, as `dvc add` does for its outputs. Per folder and explicit, not a
+    wildcard in the root .gitignore: DVC 3 treats outputs under such a pattern as deleted and a plain `dvc push`
+    pushes nothing (treeverse/dvc#10774)."""
+    path = folder / ".gitignore"
+    present = path.read_text().splitlines() if path.exists() else []
+    missing = [e for e in entries if e not in present]
+    if missing:
+        path.write_text("".join(f"{line}\n" for line in present + missing))
 
 
 def tracked_hash(version: DatasetVersion) -> str | None:
