@@ -214,6 +214,8 @@ def _recipe(command: str, argv: list[str]) -> int:
 def cmd_demo(args) -> int:
     import subprocess
 
+    import yaml
+
     # The stages call `atom`: put this environment's scripts first on PATH.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
@@ -221,16 +223,21 @@ def cmd_demo(args) -> int:
     rc = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=PROJECT_ROOT, env=env)
     if rc:
         return rc
-    out = PROJECT_ROOT / "outputs"  # conf/paths/pipeline.yaml
-    metrics = json.loads((out / "runs/sample/metrics.json").read_text())
-    served = json.loads((out / "pipeline/evaluation/metrics.json").read_text())
-    model = json.loads((out / "runs/sample/model_version.json").read_text())
-    bundle = out / "pipeline/bundles" / model["name"] / f"v{model['version']}" / "onnx"
-    print(f"\nheld-out split: {metrics['split']}  mAP50 {metrics['mAP50']:.3f}  mAP50:95 {metrics['mAP50_95']:.3f}  "
-          f"(the exported bundle through atom.runtime: mAP50 {served['mAP50']:.3f})")
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    runs = PROJECT_ROOT / params["paths"]["output_dir"] / "runs"
+    base = json.loads((runs / params["run_name"] / "metrics.json").read_text())
+    adapted = json.loads((runs / params["adapt"]["run_name"] / "metrics.json").read_text())
+    served = json.loads((PROJECT_ROOT / params["output"] / "metrics.json").read_text())
+    model = json.loads((PROJECT_ROOT / params["model"]).read_text())
+    bundle = PROJECT_ROOT / params["paths"]["bundles"] / model["name"] / f"v{model['version']}" / params["runtime"]
+    ap = {c: f"{v['AP50']:.3f}" for c, v in adapted["per_class"].items()}
+    print(f"\nbase detector ({', '.join(base['per_class'])}): {base['split']} mAP50 {base['mAP50']:.3f}")
+    print(f"adapted with {params['adapt']['shots']} shots per new class: {adapted['split']} mAP50 "
+          f"{adapted['mAP50']:.3f}, AP50 per class {ap}; the exported bundle through atom.runtime: mAP50 "
+          f"{served['mAP50']:.3f}")
     print(f"MLflow model: {model['name']} version {model['version']}  ({model['uri']})")
     print(f"bundle: {bundle}" + ("" if (bundle / "manifest.json").exists() else "  (missing!)"))
-    print(f"browse runs: mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}")
+    print(f"browse runs: mlflow ui --backend-store-uri sqlite:///{runs.parent / 'mlflow.db'}")
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recipes import entry
-from recipes.common import lineage_version, mlflow_logger
+from recipes.common import lineage_version, mlflow_logger, write_model_version
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def adapt(cfg: DictConfig) -> dict:
         key = cfg.eval_split.replace("+", "_")  # MLflow names allow no "+"
         tags.update({f"{key}.{k}": f"{metrics[k]:.4f}" for k in ("mAP50", "nAP50", "bAP50") if k in metrics})
     ref = tracking.register_detector(detector, logger.run_id, cfg.tracking.model_name, tags, cfg.tracking.alias)
+    write_model_version(run_dir, ref, logger.run_id)
     summary = {**extra, **metrics, "model_name": ref.name, "model_version": ref.version, "run_id": logger.run_id}
     if export_args is not None:
         summary["bundle"] = _export(cfg, ref, detector, version, export_args, predictions)

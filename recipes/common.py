@@ -74,6 +74,15 @@ def mlflow_logger(cfg: DictConfig, version, run_dir: Path, extra_tags: dict | No
     return logger, resuming
 
 
+def write_model_version(run_dir: Path, ref, run_id: str) -> None:
+    """run_dir/model_version.json: the registered version this run made, the pin that later stages (dvc.yaml) and
+    `model=<path>.json` resolve instead of an alias that a later run moves."""
+    import json
+
+    (Path(run_dir) / "model_version.json").write_text(json.dumps(
+        {"name": ref.name, "version": ref.version, "run_id": run_id, "uri": ref.uri}, indent=1))
+
+
 def flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

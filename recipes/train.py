@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recipes import entry
-from recipes.common import mlflow_logger
+from recipes.common import mlflow_logger, write_model_version
 from recipes.sweep import PARENT_RUN_ENV, record_trial, trial_tags
 
 log = logging.getLogger(__name__)
@@ -102,8 +101,7 @@ def train(cfg: DictConfig) -> dict:
             return summary
     ref = tracking.register_logged(model_uri, run_id, cfg.tracking.model_name, tags, cfg.tracking.alias)
     summary.update(model_name=ref.name, model_version=ref.version)
-    (run_dir / "model_version.json").write_text(json.dumps(
-        {"name": ref.name, "version": ref.version, "run_id": run_id, "uri": ref.uri}, indent=1))
+    write_model_version(run_dir, ref, run_id)
     log.info("registered %s version %s (%s mAP50 %.3f)", ref.name, ref.version, test_split, metrics["mAP50"])
     return summary
 

@@ -1,6 +1,7 @@
 """The DVC pipeline (dvc.yaml), run by DVC in a copy of the project: every stage runs from params.yaml, which is
-DVC's Hydra composition of conf/pipeline.yaml; a second run skips everything; an export parameter reruns export
-and evaluate only; evaluate measures the bundle that export wrote for the version that train pinned."""
+DVC's Hydra composition of conf/pipeline.yaml; adapt teaches train's base model the scene's new class; a second run
+skips everything; an export parameter reruns export and evaluate only; evaluate measures the bundle that export
+wrote for the version that adapt pinned."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitig
                  "exporters"]
 TINY = ["synthetic.images=40", "detector.input_size=128", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=2", "data.batch_size=4", "callbacks.rich_progress=false",
-        "detector.score_thresh=0.01"]
+        "detector.score_thresh=0.01", "adapt.shots=2", "adapt.min_steps=2", "adapt.max_steps=2"]
 
 
 def test_committed_params_yaml_is_the_composition_of_conf_pipeline(tmp_path):
@@ -36,7 +37,7 @@ def test_committed_params_yaml_is_the_composition_of_conf_pipeline(tmp_path):
 
 def test_every_stage_dependency_exists_and_nothing_runs_on_an_alias():
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["sample", "prepare", "train", "export", "evaluate"]
+    assert list(stages) == ["sample", "prepare", "train", "adapt", "export", "evaluate"]
     for name, stage in stages.items():
         assert "@" not in stage["cmd"], f"stage {name} names a model by alias"
         for dep in stage.get("deps", []):
@@ -71,13 +72,17 @@ def test_pipeline_runs_then_skips_then_reruns_only_what_a_parameter_touches(tmp_
     tiny = [a for o in TINY for a in ("-S", o)]
 
     first = _dvc(repo, "exp", "run", *tiny)
-    for stage in ("sample", "prepare", "train", "export", "evaluate"):
+    for stage in ("sample", "prepare", "train", "adapt", "export", "evaluate"):
         assert f"Running stage '{stage}'" in first
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["detector"]["input_size"] == 128 and params["paths"]["root"] == "."
-    pinned = json.loads((repo / "outputs/runs/sample/model_version.json").read_text())
+    base = json.loads((repo / "outputs/runs/sample-base/model_version.json").read_text())
+    pinned = json.loads((repo / "outputs/runs/adapt-sample-k2-s0/model_version.json").read_text())
+    adapted = json.loads((repo / "outputs/runs/adapt-sample-k2-s0/metrics.json").read_text())
+    assert base["name"] == "atom-sample-base" and pinned["name"] == "atom-sample-fewshot"
+    assert sorted(adapted["per_class"]) == ["bus", "car", "pedestrian"]  # the base's classes + the scene's new one
     served = json.loads((repo / "outputs/pipeline/evaluation/metrics.json").read_text())
-    assert served["runtime"] == "onnx" and served["model"] == pinned["uri"]
+    assert served["runtime"] == "onnx" and served["model"] == pinned["uri"]  # the adapted version, pinned
     bundle = repo / "outputs/pipeline/bundles" / pinned["name"] / f"v{pinned['version']}" / "onnx" / "manifest.json"
     assert bundle.exists()
 
@@ -87,6 +92,7 @@ def test_pipeline_runs_then_skips_then_reruns_only_what_a_parameter_touches(tmp_
     third = _dvc(repo, "exp", "run", *tiny, "-S", "export.args.simplify=false")
     assert "Running stage 'export'" in third and "Running stage 'evaluate'" in third
     assert "Running stage 'train'" not in third and "Running stage 'prepare'" not in third
+    assert "Running stage 'adapt'" not in third
 
     metrics = json.loads(_dvc(repo, "metrics", "show", "--json"))
     assert "mAP50" in json.dumps(metrics)
