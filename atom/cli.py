@@ -78,6 +78,26 @@ def cmd_data_sample(args) -> int:
     return 0
 
 
+def cmd_data_frames(args) -> int:
+    from atom.data.frames import FramesError, Sampling, extract, parse_duration
+
+    try:
+        every = parse_duration(args.every) if args.every else (None if args.count else 2.0)
+        sampling = Sampling(every_s=every, count=args.count, min_change=args.min_change)
+        results = extract(Path(args.path), Path(args.out), sampling, args.camera, not args.no_progress)
+    except FramesError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for r in results:
+        print(f"{r.source}: {r.status}, {r.decoded} frames decoded, {r.sampled} sampled, {r.kept} kept, "
+              f"{r.duplicates} near-duplicates dropped")
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"error: {r.error}", file=sys.stderr)
+    print(f"{sum(r.kept for r in results)} frames in {args.out} (frames.jsonl, frames-report.json, contact_sheet.jpg)")
+    return 1 if failed else 0
+
+
 def cmd_data_list(args) -> int:
     root = Path(args.datasets)
     for pointer in sorted(root.glob("*/latest")):
@@ -264,6 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--images", type=int, default=240)
     smp.add_argument("--seed", type=int, default=0)
     smp.set_defaults(func=cmd_data_sample)
+    frm = dsub.add_parser("frames", help="sample frames from camera footage, near-duplicates dropped, with a "
+                          "manifest of camera, source and time (atom/data/frames.py)")
+    frm.add_argument("path", metavar="VIDEO_OR_FOLDER", help="a video, or a folder of them (one subfolder per camera)")
+    frm.add_argument("--out", required=True, help="where the frames, frames.jsonl and the report go")
+    every = frm.add_mutually_exclusive_group()
+    every.add_argument("--every", default=None, help="time between sampled frames: 2s (default), 500ms, 1m")
+    every.add_argument("--count", type=int, help="about this many frames spread over each video instead")
+    frm.add_argument("--min-change", type=float, default=0.01,
+                     help="percent of the frame that must differ from every frame kept for the camera (default "
+                          "0.01: a distant pedestrian moves ~0.02; 0 drops only frames identical to a kept one)")
+    frm.add_argument("--camera", help="camera id for every video (default: subfolder or file name)")
+    frm.add_argument("--no-progress", action="store_true")
+    frm.set_defaults(func=cmd_data_frames)
     lst = dsub.add_parser("list", help="list datasets and their versions")
     lst.add_argument("--datasets", default=str(DATASETS_DIR))
     lst.set_defaults(func=cmd_data_list)
