@@ -79,7 +79,7 @@ def cmd_data_sample(args) -> int:
 
 
 def cmd_data_frames(args) -> int:
-    from atom.data.frames import FramesError, Sampling, extract, parse_duration
+    from atom.data.frames import CONTACT_SHEET, FramesError, Sampling, extract, parse_duration
 
     try:
         every = parse_duration(args.every) if args.every else (None if args.count else 2.0)
@@ -94,7 +94,9 @@ def cmd_data_frames(args) -> int:
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"error: {r.error}", file=sys.stderr)
-    print(f"{sum(r.kept for r in results)} frames in {args.out} (frames.jsonl, frames-report.json, contact_sheet.jpg)")
+    out = Path(args.out)
+    print(f"{sum(r.kept for r in results)} frames in {out}: manifest {out / 'frames.jsonl'}, report "
+          f"{out / 'frames-report.json'}, contact sheet {out / CONTACT_SHEET}")
     return 1 if failed else 0
 
 

@@ -56,7 +56,7 @@ def test_fixed_camera_keeps_the_empty_scene_once_and_every_car_frame(tmp_path, c
     for f in lines:
         assert (out / f["image"]).is_file() and f["camera"] == "cam1" and f["source"] == str(video.resolve())
         assert f["image"] == f"cam1/cam1-{round(f['time_s'] * 1000):08d}.jpg" and f["width"] == 160
-    assert (out / "contact_sheet.jpg").stat().st_size > 0
+    assert (out / ".contact_sheet.jpg").stat().st_size > 0
 
     capsys.readouterr()  # a second run skips the done video and keeps its frames and manifest
     assert atom(["data", "frames", str(video), "--out", str(out), "--every", "1s", "--no-progress"]) == 0

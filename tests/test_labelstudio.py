@@ -41,6 +41,27 @@ def test_init_is_idempotent(label_studio, sample_export):
     assert len(project.tasks()) == 12
 
 
+def test_camera_frames_become_tasks_that_show_camera_source_and_time(label_studio, tmp_path):
+    """`atom data frames` output as a scene's folder: each task carries its frame's camera, video and time, and
+    the label config shows them above the image; a rerun changes nothing."""
+    from atom.cli import main as atom
+    from tests.test_frames import write_video
+
+    folder = label_studio.document_root / "frames"
+    video = write_video(tmp_path / "north" / "hour1.mkv")
+    assert atom(["data", "frames", str(tmp_path), "--out", str(folder), "--every", "1s", "--no-progress"]) == 0
+    project = _project(label_studio, Scene("frames", CLASSES, folder))
+    first = project.ensure()
+    assert first["tasks_created"] == 4 and first["frame_tasks_described"] == 4
+    assert '<Header value="$frame"/>' in project.client.projects.get(id=first["project_id"]).label_config
+    by_time = {t.data["time_s"]: t.data for t in project.tasks()}
+    assert sorted(by_time) == [0.0, 3.0, 4.0, 5.0]
+    assert by_time[3.0]["camera"] == "north" and by_time[3.0]["source"] == str(video.resolve())
+    assert by_time[3.0]["frame"] == "camera north · hour1.mkv · 3.0 s"
+    assert by_time[3.0]["image"].endswith("frames/north/hour1-00003000.jpg")
+    assert project.ensure()["frame_tasks_described"] == 0
+
+
 def test_round_trip_through_label_studio_is_identical(label_studio, sample_export, tmp_path):
     scene = _scene(label_studio, sample_export, "roundtrip", 20)
     source = read_source("labelstudio", sample_export)

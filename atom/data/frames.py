@@ -5,7 +5,7 @@
     DIR/<camera>/<video stem>-<ms>.jpg     kept frames (the time into the video, in milliseconds, in the name)
     DIR/frames.jsonl                       one line per kept frame: image, camera, source, time_s, recorded_at, ...
     DIR/frames-report.json                 per video: decoded, sampled, kept, dropped as near-duplicates, errors
-    DIR/contact_sheet.jpg                  the kept frames at a glance
+    DIR/.contact_sheet.jpg                 the kept frames at a glance (hidden: not an image to label)
     DIR/.frames/<camera>/<stem>.json       per video, written when it is done: what a rerun skips
 
 Fixed cameras film long runs of nearly identical frames (an empty road between two cars). A sampled frame is kept
@@ -45,6 +45,7 @@ VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".ts", ".webm", ".flv"
 THUMB_WIDTH = 192  # frames are compared as thumbnails this wide, blurred: compression noise averages out
 PIXEL_DELTA = 40   # of 255, in any colour channel: a pixel that moved less is noise (rain, grain, codec)
 RECORD_FORMAT = 2
+CONTACT_SHEET = ".contact_sheet.jpg"
 
 
 class FramesError(AtomError):
@@ -294,7 +295,7 @@ def _write_manifest(out: Path, results: list[VideoResult]) -> None:
     _write_json(out / "frames-report.json", report)
     frames = [f for r in results for f in r.frames]
     if frames:
-        contact_sheet(out, frames, out / "contact_sheet.jpg")
+        contact_sheet(out, frames, out / CONTACT_SHEET)
 
 
 def read_manifest(folder: Path) -> dict[str, dict]:

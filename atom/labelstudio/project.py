@@ -8,6 +8,7 @@ Images are served by Label Studio's local-files storage: every image lies under 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from atom.data.formats import IMAGE_SUFFIXES, read_labelstudio, resolve_task_image
+from atom.data.frames import read_manifest
 from atom.data.report import ImportReport
 from atom.data.source import Box
 from atom.data.version import DatasetVersion, read_image_size, write_version
@@ -24,7 +26,8 @@ from atom.inference import Detections, predict_images
 from atom.labelstudio.connection import Connection, LabelStudioError
 
 FROM_NAME, TO_NAME = "label", "image"
-IMAGE_PATTERN = r"(?i).*\.(" + "|".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)) + ")$"
+# Matched against file names: hidden ones (a frames folder's .contact_sheet.jpg, half-written .tmp images) are no task
+IMAGE_PATTERN = r"(?i)(?!\.).*\.(" + "|".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)) + ")$"
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,21 @@ class Scene:
         return f"atom:{self.name}"
 
 
-def label_config(classes: list[str]) -> str:
+def label_config(classes: list[str], frames: bool = False) -> str:
+    """The RectangleLabels config of a scene; `frames`: the images are camera frames (`atom data frames`), and a
+    header above each shows the annotator its camera, video and time (the task's `frame` field)."""
     labels = "\n".join(f"    <Label value={quoteattr(c)}/>" for c in classes)
-    return (f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n'
+    header = '  <Header value="$frame"/>\n' if frames else ""
+    return (f'<View>\n{header}  <Image name="{TO_NAME}" value="$image"/>\n'
             f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}\n  </RectangleLabels>\n</View>')
+
+
+def frame_fields(entry: dict) -> dict:
+    """What a task of a camera frame carries besides its image: the manifest's metadata, and one line for people."""
+    when = f" · {entry['recorded_at']}" if entry.get("recorded_at") else ""
+    return {"frame": f"camera {entry['camera']} · {Path(entry['source']).name} · {entry['time_s']:.1f} s{when}",
+            "camera": entry["camera"], "source": entry["source"], "time_s": entry["time_s"],
+            **({"recorded_at": entry["recorded_at"]} if entry.get("recorded_at") else {})}
 
 
 def task_url(image: Path, document_root: Path) -> str:
@@ -114,7 +128,8 @@ class SceneProject:
         if not images_dir.is_relative_to(self.document_root):
             raise LabelStudioError(f"{images_dir}: scene images must lie under the local-files document root "
                                    f"{self.document_root}")
-        config = label_config(self.scene.classes)
+        frames = read_manifest(images_dir)  # written by `atom data frames`; {} for other folders
+        config = label_config(self.scene.classes, frames=bool(frames))
         project = self._find()
         if project is None:
             project = self.conn.call("create project", self.client.projects.create,
@@ -134,10 +149,26 @@ class SceneProject:
         before = len(self.tasks())
         self.conn.call("sync local-files storage", self.client.import_storage.local.sync, id=storage.id)
         self._wait_for_sync(storage.id)
-        images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in images_dir.rglob("*") if re.match(IMAGE_PATTERN, p.name))
         imported = self.import_tasks([{"data": {"image": task_url(p, self.document_root)}} for p in images])
+        described = self._describe_frames(images_dir, frames) if frames else 0
         return {"project_id": self.id, "images": len(images), "tasks_created": len(self.tasks()) - before,
-                "tasks_imported_apart_from_storage": imported}
+                "tasks_imported_apart_from_storage": imported, "frame_tasks_described": described}
+
+    def _describe_frames(self, images_dir: Path, frames: dict[str, dict]) -> int:
+        """Put each camera frame's metadata (camera, source video, time) into its task's data, where the label
+        config shows it; a task whose image the manifest does not list gets an empty header. Returns how many
+        tasks changed (none on a rerun)."""
+        by_url = {task_url(images_dir / name, self.document_root): entry for name, entry in frames.items()}
+        changed = 0
+        for task in self.tasks():
+            entry = by_url.get(task.data.get("image"))
+            fields = frame_fields(entry) if entry else {"frame": ""}
+            if any(task.data.get(k) != v for k, v in fields.items()):
+                self.conn.call("describe a frame's task", self.client.tasks.update, id=task.id,
+                               data={**task.data, **fields})
+                changed += 1
+        return changed
 
     def _wait_for_sync(self, storage_id: int, wait_s: float = 300) -> None:
         deadline = time.monotonic() + wait_s
