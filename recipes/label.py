@@ -5,6 +5,7 @@
     atom label pull scene=sample                         submitted annotations -> a new dataset version
     atom label predict scene=sample model=atom-sample@candidate          model predictions, once per version
     atom label queue scene=sample model=atom-sample@candidate            most useful unlabeled tasks first
+    atom label queue scene=sample                                        no model yet: a diverse first batch
     ATOM_ML_BACKEND_TOKEN=... atom label serve scene=sample model=atom-sample@candidate   ML backend on :9090
 """
 
@@ -99,6 +100,16 @@ def serve(cfg: DictConfig) -> dict:
 
 
 def queue(cfg: DictConfig) -> dict:
+    if not cfg.model:  # cold start: nothing trained yet, so the first batch is chosen for diversity alone
+        import torch
+
+        from atom.models.detector import Detector, DetectorSpec
+
+        torch.set_num_threads(cfg.threads)
+        cold = cfg.queue.cold_start
+        embedder = Detector(DetectorSpec(backbone=cold.backbone, input_size=cold.input_size,
+                                         classes=list(cfg.scene.classes))).eval()
+        return _project(cfg).queue(embedder, f"cold-start:{cold.backbone}", cold_start=cold.batch)
     detector, model_version = _detector(cfg)
     return _project(cfg).queue(detector, model_version, diversity_weight=cfg.queue.diversity_weight,
                                shown=_shown(cfg))

@@ -308,6 +308,25 @@ def test_queue_puts_the_most_useful_task_first_in_label_studio(label_studio, sam
     assert nxt["id"] == result["first_tasks"][0]
 
 
+def test_cold_start_queue_needs_no_trained_model(label_studio, sample_export):
+    """Before any model exists: ImageNet features order the tasks, the first batch goes first in Label Studio,
+    and annotators are shown no boxes (an untrained head's would be noise)."""
+    import httpx
+
+    from atom.models.detector import Detector, DetectorSpec
+
+    project = _project(label_studio, _scene(label_studio, sample_export, "coldstart", 8))
+    project.ensure()
+    embedder = Detector(DetectorSpec(classes=CLASSES, input_size=128)).eval()
+    result = project.queue(embedder, "cold-start:tf_efficientnet_lite0", cold_start=3)
+    assert result["queued"] == 8 and len(set(result["first_tasks"])) == 8
+    queued = [p for p in project.client.predictions.list(project=project.id) if p.model_version.endswith(":queue")]
+    assert len(queued) == 8 and all(p.result == [] for p in queued)
+    nxt = httpx.get(f"{label_studio.url}/api/projects/{project.id}/next",
+                    headers={"Authorization": f"Token {label_studio.token}"}).json()
+    assert nxt["id"] == result["first_tasks"][0]
+
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "outputs" / "test-artifacts"
 

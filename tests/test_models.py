@@ -206,6 +206,23 @@ def test_queue_ranking_prefers_uncertain_and_spreads_near_duplicates():
     assert rank_for_labeling(u, e, diversity_weight=0.0)[:2] == [0, 1]
 
 
+def test_cold_start_batch_covers_the_groups_with_typical_images_not_the_oddball():
+    """Three groups of images (10, 6 and 3) and one odd image unlike all: the first batch of 3 takes one typical
+    image of each group, the largest group's first, and leaves the odd one for later."""
+    import numpy as np
+
+    from atom.labelstudio.queue import cold_start_order
+
+    rng = np.random.default_rng(0)
+    groups = [0] * 10 + [1] * 6 + [2] * 3 + [3]
+    directions = np.vstack([np.eye(4)[:3], [-1, -1, -1, 0]])
+    e = directions[groups] + rng.normal(0, 0.05, (len(groups), 4))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    order = cold_start_order(e, batch=3)
+    assert [groups[i] for i in order[:3]] == [0, 1, 2]
+    assert sorted(order) == list(range(len(groups)))  # every image, once
+
+
 def test_mixed_batches_draw_a_fixed_share_from_each_dataset():
     from atom.data.loader import MixedBatches
 

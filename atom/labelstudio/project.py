@@ -310,14 +310,16 @@ class SceneProject:
 
     # -- labeling queue
     def queue(self, detector, model_version: str, diversity_weight: float = 1.0,
-              shown: "Preannotation | None" = None, batch_size: int = 8) -> dict:
+              shown: "Preannotation | None" = None, batch_size: int = 8, cold_start: int | None = None) -> dict:
         """Order the unlabeled tasks by usefulness (atom.labelstudio.queue) and hand the order to Label Studio's
         own active-learning mode: each task gets a prediction (the model's boxes) of version
         `<model_version>:queue` whose score is its rank / n, and the project switches to uncertainty sampling on
-        that version, which serves the lowest score first. Re-running replaces the previous queue."""
+        that version, which serves the lowest score first. Re-running replaces the previous queue.
+        `cold_start=B`: no trained model yet; `detector` only embeds (its ImageNet backbone), the first B tasks
+        are a diverse batch (cold_start_order) and the predictions carry no boxes."""
         import torch
 
-        from atom.labelstudio.queue import image_uncertainty, rank_for_labeling
+        from atom.labelstudio.queue import cold_start_order, image_uncertainty, rank_for_labeling
 
         shown = shown or Preannotation()
         version = f"{model_version}:queue"
@@ -334,8 +336,12 @@ class SceneProject:
         readable = [i for i, p in enumerate(predictions) if p is not None]
         todo, predictions = [todo[i] for i in readable], [predictions[i] for i in readable]
         embeddings = np.stack([p.embedding for p in predictions]) if predictions else np.zeros((0, 1))
-        uncertainty = np.array([image_uncertainty(torch.tensor(p.scores)) for p in predictions])
-        order = rank_for_labeling(uncertainty, embeddings, diversity_weight)
+        if cold_start:
+            order = cold_start_order(embeddings, cold_start)
+            predictions = [replace(p, boxes=[], scores=[], labels=[]) for p in predictions]  # an untrained head's
+        else:
+            uncertainty = np.array([image_uncertainty(torch.tensor(p.scores)) for p in predictions])
+            order = rank_for_labeling(uncertainty, embeddings, diversity_weight)
         for old in self.conn.call("list predictions", lambda: list(self.client.predictions.list(project=self.id))):
             if old.model_version == version:
                 self.conn.call("delete old queue prediction", self.client.predictions.delete, id=old.id)
