@@ -218,7 +218,7 @@ RECIPES = {
     "adapt": ("adapt", "adapt", "adapt"),
     **{f"label {name}": ("label", function, "label") for name, function in [
         ("init", "init"), ("import", "import_labels"), ("pull", "pull"), ("predict", "predict"),
-        ("queue", "queue"), ("serve", "serve")]},
+        ("queue", "queue"), ("serve", "serve"), ("feedback", "feedback")]},
 }
 
 
@@ -230,6 +230,9 @@ def _recipe(command: str, argv: list[str]) -> int:
     from recipes import entry
 
     module, function, config = RECIPES[command]
+    if command == "label feedback" and argv and "=" not in argv[0] and not argv[0].startswith("-"):
+        # `atom label feedback FILE scene=...`: the file as a word, as the other file-reading commands take it
+        argv = [f"feedback.file={Path(argv[0]).resolve()}", *argv[1:]]
     return entry.run(command, config, getattr(importlib.import_module(f"recipes.{module}"), function), argv)
 
 
@@ -340,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("predict", "push a registered model's predictions: scene=NAME model=NAME@ALIAS"),
         ("queue", "order unlabeled tasks by usefulness for annotators: scene=NAME model=NAME@ALIAS"),
         ("serve", "ML backend for interactive predictions (needs ATOM_ML_BACKEND_TOKEN): model=NAME@ALIAS"),
+        ("feedback", "serving feedback as tasks with the model's predictions, corrected: FILE scene=NAME"),
     ]:
         lsub.add_parser(name, help=f"{text} (a Hydra application; the server comes from LABEL_STUDIO_URL and "
                         "LABEL_STUDIO_API_KEY)")

@@ -65,8 +65,10 @@ def lineage_tags(version) -> dict[str, str]:
     from: atom/data/remote.py) and code."""
     from atom.data import remote
 
+    feedback = version.card.get("provenance", {}).get("feedback_batches")
     return {"dataset.name": version.name, "dataset.version": version.card["version"],
-            "dataset.fingerprint": version.fingerprint, **remote.lineage(version), "git.commit": git_commit()}
+            "dataset.fingerprint": version.fingerprint, **remote.lineage(version), "git.commit": git_commit(),
+            **({"dataset.feedback_batches": ",".join(feedback)} if feedback else {})}
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,20 @@ def register_logged(model_uri: str, run_id: str, name: str, tags: dict[str, str]
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, mv.version)
     return ModelRef(name, str(mv.version), run_id, dict(tags), _model_id(mv))
+
+
+def find_by_bundle(sha256: str) -> ModelRef:
+    """The registered version one of whose exported bundles holds a file with this sha256 (the `bundle.FORMAT.files`
+    tags that exporters/bundle.py log_bundle sets)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for mv in client.search_model_versions():
+        for key, value in (mv.tags or {}).items():
+            if key.startswith("bundle.") and key.endswith(".files") and sha256 in json.loads(value).values():
+                return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags), _model_id(mv))
+    raise RegistryError(f"no registered model version has a bundle file with sha256 {sha256} in the registry at "
+                        f"{client.tracking_uri}")
 
 
 def resolve_model(ref: str) -> ModelRef:

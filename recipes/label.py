@@ -3,6 +3,7 @@
     atom label init scene=sample                         project + local-files storage + one task per image
     atom label import scene=sample source.format=yolo source.path=DIR    existing labels as predictions to review
     atom label pull scene=sample                         submitted annotations -> a new dataset version
+    atom label feedback FEEDBACK.jsonl scene=sample      serving feedback -> tasks with corrected predictions
     atom label predict scene=sample model=atom-sample@candidate          model predictions, once per version
     atom label queue scene=sample model=atom-sample@candidate            most useful unlabeled tasks first
     atom label queue scene=sample                                        no model yet: a diverse first batch
@@ -97,6 +98,37 @@ def serve(cfg: DictConfig) -> dict:
           f"(connect it in the project's Model settings)", flush=True)
     uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="warning")
     return {"stopped": True}
+
+
+def feedback(cfg: DictConfig) -> dict:
+    import sys
+
+    from atom import tracking
+    from atom.data.report import ImportReport
+    from atom.labelstudio.feedback import FeedbackError, read_feedback
+    from atom.labelstudio.project import Scene
+
+    if not cfg.feedback.file:
+        raise ConfigError("say which feedback file: atom label feedback FILE scene=NAME")
+    path = Path(cfg.feedback.file)
+    report = ImportReport()
+    verdicts = read_feedback(path, report)
+    for p in report.problems:  # the usable lines go on
+        print(f"warning: {p.file}: {p.reason}", file=sys.stderr)
+    if not verdicts:
+        raise FeedbackError(f"{path}: no usable feedback line")
+    tracking.configure(cfg.paths.output_dir)
+    scene = Scene(cfg.scene.name, list(cfg.scene.classes), Path(cfg.scene.images))
+
+    def load(verdict):
+        ref = (tracking.resolve_model(verdict.model) if verdict.model
+               else tracking.find_by_bundle(verdict.bundle_sha256))
+        detector = tracking.load_detector(ref)
+        _shown(cfg).check(detector.spec.classes, scene, ref.uri)
+        return detector, f"{ref.name}/{ref.version}"
+
+    result = _project(cfg).add_feedback(verdicts, cfg.feedback.batch or path.stem, load, _shown(cfg))
+    return {**result, "bad_lines": [f"{p.file}: {p.reason}" for p in report.problems]}
 
 
 def queue(cfg: DictConfig) -> dict:

@@ -44,6 +44,7 @@ def train(cfg: DictConfig) -> dict:
             raise DatasetError(f"{version.root}: dataset version has no {split!r} images; re-import it with a "
                                f"split (sources without splits are split by `--split`)")
     test_split = cfg.data.test_split if version.has_split(cfg.data.test_split) else cfg.data.val_split
+    parent = initial_detector(cfg.init, spec) if cfg.get("init") else None  # checked before any run is made
     in_sweep = PARENT_RUN_ENV in os.environ  # a trial of `atom train -m` (recipes/sweep.py)
     run_dir = Path(cfg.paths.run_dir)
     if in_sweep:  # the trials of a sweep share run_name: each keeps its own folder
@@ -56,7 +57,7 @@ def train(cfg: DictConfig) -> dict:
     resume_ckpt = run_dir / "checkpoints" / "last.ckpt"
 
     val_gt = version.coco(cfg.data.val_split, spec["classes"])
-    module = DetectionModule(spec, val_gt=val_gt, **cfg.optim)
+    module = DetectionModule(spec, val_gt=val_gt, detector=parent[0] if parent else None, **cfg.optim)
     datamodule = DetectionDataModule(version, spec["input_size"], cfg.data.batch_size, cfg.data.num_workers,
                                      cfg.data.policy, cfg.data.train_split, cfg.data.val_split,
                                      classes=spec["classes"])
@@ -91,7 +92,7 @@ def train(cfg: DictConfig) -> dict:
         "parameters_M": round(sum(p.numel() for p in detector.parameters()) / 1e6, 3)})
 
     tags = {**tracking.lineage_tags(version), f"{test_split}.mAP50": f"{metrics['mAP50']:.4f}",
-            f"{test_split}.mAP50_95": f"{metrics['mAP50_95']:.4f}"}
+            f"{test_split}.mAP50_95": f"{metrics['mAP50_95']:.4f}", **({"init.model": parent[1]} if parent else {})}
     model_uri = tracking.log_detector(detector, run_id)
     summary = {**metrics, "objective": metrics.get(cfg.sweep.metric), "model_uri": model_uri, "run_id": run_id}
     if in_sweep:
@@ -104,6 +105,28 @@ def train(cfg: DictConfig) -> dict:
     write_model_version(run_dir, ref, run_id)
     log.info("registered %s version %s (%s mAP50 %.3f)", ref.name, ref.version, test_split, metrics["mAP50"])
     return summary
+
+
+def initial_detector(ref_text: str, spec: dict):
+    """(a detector of this run's spec holding the weights of registered model `ref_text`, its models:/ URI). The
+    classes must be the same and the architecture too (the weights must mean the same thing); the run's own
+    settings (frozen stages, thresholds) apply."""
+    from atom import tracking
+    from atom.errors import ConfigError
+    from atom.models.detector import Detector, DetectorSpec
+
+    ref = tracking.resolve_model(ref_text)
+    parent = tracking.load_detector(ref)
+    if list(parent.spec.classes) != list(spec["classes"]):
+        raise ConfigError(f"init={ref_text}: {ref.uri} detects {parent.spec.classes}, this run trains "
+                          f"{spec['classes']}; train from a model of the same classes, in the same order")
+    detector = Detector(DetectorSpec(**spec))
+    try:
+        detector.load_state_dict(parent.state_dict())
+    except RuntimeError as e:
+        raise ConfigError(f"init={ref_text}: {ref.uri}'s architecture differs from this run's detector "
+                          f"(backbone {parent.spec.backbone}, here {spec['backbone']}): {str(e).splitlines()[0]}")
+    return detector, ref.uri
 
 
 def select_classes(version, classes) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -325,6 +326,94 @@ def test_cold_start_queue_needs_no_trained_model(label_studio, sample_export):
     nxt = httpx.get(f"{label_studio.url}/api/projects/{project.id}/next",
                     headers={"Authorization": f"Token {label_studio.token}"}).json()
     assert nxt["id"] == result["first_tasks"][0]
+
+
+def test_serving_feedback_becomes_corrected_tasks_a_dataset_version_and_lineage(label_studio, sample_export, trained,
+                                                                                 tmp_path):
+    """Operators' verdicts on a served model's detections -> tasks carrying the model's boxes with the verdicts
+    applied, tagged with model and batch -> a pulled version that names the batch -> a model trained from the served
+    one (init=) whose lineage names both."""
+    import json
+    import subprocess
+    import sys
+
+    from atom import PROJECT_ROOT, tracking
+    from atom.data.version import open_version
+    from atom.errors import ConfigError
+    from atom.inference import predict_images
+    from atom.labelstudio.feedback import _iou
+    from recipes import compose
+    from recipes.train import train
+
+    outputs = trained["cfg"].paths.output_dir
+    tracking.configure(outputs)
+    ref = tracking.resolve_model(f"{trained['result']['model_name']}@candidate")
+    model = f"{ref.name}/{ref.version}"
+    images = sorted((sample_export.parent / "images").glob("*.jpg"))[:2]
+    d1, d2 = predict_images(tracking.load_detector(ref), images)
+    alarm = {"box": d1.boxes[0], "label": d1.labels[0], "score": d1.scores[0]}
+    other = next(c for c in CLASSES if c != d2.labels[0])
+    lines = [{"model": model, "image": str(images[0]), "verdict": "false_alarm", "detection": alarm, "camera": "n1"},
+             {"model": model, "image": str(images[0]), "verdict": "missed",
+              "correct": {"box": [10, 10, 60, 50], "label": "car"}},
+             {"model": model, "image": str(images[1]), "verdict": "maybe"},
+             {"model": model, "image": str(images[1]), "verdict": "wrong_class",
+              "detection": {"box": d2.boxes[0], "label": d2.labels[0]}, "correct": {"label": other}}]
+    feedback = tmp_path / "night-shift.jsonl"
+    feedback.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    folder = label_studio.document_root / "fb"
+    folder.mkdir()
+    args = ["scene.name=fb", f"scene.images={folder}", f"document_root={label_studio.document_root}",
+            f"paths.output_dir={outputs}", f"paths.datasets={tmp_path / 'datasets'}",
+            "preannotation.min_score=0", "preannotation.max_boxes=5"]
+
+    def atom(*words):
+        return subprocess.run([sys.executable, "-m", "atom.cli", "label", *words, *args], capture_output=True,
+                              text=True, cwd=PROJECT_ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+
+    done = atom("feedback", str(feedback))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["images"] == 2 and result["verdicts"] == 3 and result["preannotations_pushed"] == 2
+    assert f"{feedback}:3" in done.stderr and "verdict 'maybe'" in done.stderr  # the bad line, by file and line
+    project = _project(label_studio, Scene("fb", CLASSES, folder))
+    tasks = {t.id: t for t in project.tasks()}
+    assert {t.data["feedback_batch"] for t in tasks.values()} == {"night-shift"}
+    assert {t.data["model_version"] for t in tasks.values()} == {model}
+    preds = [p for p in project.client.predictions.list(project=project.id) if p.model_version == f"{model}:feedback"]
+    assert len(preds) == 2
+    for p in preds:
+        boxes = [(r["value"]["rectanglelabels"][0], [r["value"][k] for k in ("x", "y", "width", "height")],
+                  r.get("score")) for r in p.result]
+        px = [(label, [x * d1.width / 100, y * d1.height / 100, (x + w) * d1.width / 100, (y + h) * d1.height / 100],
+               score) for label, (x, y, w, h), score in boxes]
+        if tasks[p.task].data.get("camera") == "n1":  # the first image: the false alarm gone, the missed car added
+            assert not any(label == alarm["label"] and _iou(b, alarm["box"]) >= 0.5 for label, b, _ in px)
+            assert any(label == "car" and score is None and _iou(b, [10, 10, 60, 50]) > 0.95 for label, b, score in px)
+        else:  # the second: the detection relabeled, as the operator's (no model score)
+            assert any(label == other and score is None and _iou(b, d2.boxes[0]) > 0.95 for label, b, score in px)
+    assert json.loads(atom("feedback", str(feedback)).stdout)["preannotations_pushed"] == 0  # once per batch
+
+    for task in tasks.values():  # annotators accept the corrected boxes
+        pred = next(p for p in preds if p.task == task.id)
+        project.client.annotations.create(id=task.id, result=pred.result)
+    pulled = atom("pull", "dataset_name=fb")
+    assert pulled.returncode == 0, pulled.stderr
+    version = open_version(tmp_path / "datasets", "fb")
+    assert version.card["provenance"] == {"feedback_batches": ["night-shift"]}
+    assert tracking.lineage_tags(version)["dataset.feedback_batches"] == "night-shift"
+
+    cfg = trained["cfg"]  # continue from the served model on its own data; lineage names the parent
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    child = train(compose("train", ["experiment=sample", f"paths.datasets={cfg.paths.datasets}",
+                                    f"paths.output_dir={outputs}", "run_name=child", f"init={model}",
+                                    "detector.input_size=128", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                                    "trainer.limit_val_batches=1", "data.batch_size=4", "callbacks.rich_progress=false"]))
+    tracking.configure(outputs)
+    assert tracking.resolve_model(f"{child['model_name']}/{child['model_version']}").tags["init.model"] == ref.uri
+    with pytest.raises(ConfigError, match="detects .* this run trains"):  # other classes: the weights would lie
+        train(compose("train", ["experiment=sample", f"paths.datasets={cfg.paths.datasets}",
+                                f"paths.output_dir={outputs}", f"init={model}", "data.classes=[car,bus]"]))
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

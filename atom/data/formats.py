@@ -186,7 +186,7 @@ def read_labelstudio(path: Path, images_root: Path | None = None, origin: str | 
         image = resolve_task_image(task.get("data", {}), root, where, report)
         if image is not None:
             by_image.setdefault(image, []).append((task, where))
-    samples = []
+    samples, feedback = [], set()
     for image, entries in by_image.items():
         where = entries[0][1] if len(entries) == 1 else f"{entries[0][1]} (and tasks " \
             f"{', '.join(str(t.get('id')) for t, _ in entries[1:])} of the same image)"
@@ -214,7 +214,9 @@ def read_labelstudio(path: Path, images_root: Path | None = None, origin: str | 
             # Percent coordinates: to_pixels scales by the real image size, then rotates in pixel space.
             boxes.append(Box(label, x, y, x + w, y + h, normalized=True, rotation=float(v.get("rotation") or 0)))
         samples.append(Sample(image, boxes, None, where))
-    return Source(samples, None, report, f"labelstudio:{origin or path}")
+        feedback.update(t["data"]["feedback_batch"] for t, _ in entries if t.get("data", {}).get("feedback_batch"))
+    provenance = {"feedback_batches": sorted(feedback)} if feedback else {}
+    return Source(samples, None, report, f"labelstudio:{origin or path}", provenance)
 
 
 def resolve_task_image(data: dict, root: Path, where: str, report: ImportReport) -> Path | None:

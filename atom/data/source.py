@@ -56,6 +56,7 @@ class Source:
     classes: list[str] | None
     report: ImportReport = field(default_factory=ImportReport)
     description: str = ""
+    provenance: dict = field(default_factory=dict)  # goes to the version's card as is (e.g. feedback batches)
 
 
 def normalize_split(name: str | None) -> str | None:

@@ -261,6 +261,7 @@ def write_version(
             "splits": {s: {"images": len(c["images"]), "boxes": len(c["annotations"]),
                            "boxes_per_class": _per_class(c, classes)} for s, c in cocos.items()},
             "source": source.description,
+            **({"provenance": source.provenance} if source.provenance else {}),
             "problems": report.counts(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

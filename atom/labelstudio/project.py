@@ -308,6 +308,67 @@ class SceneProject:
         self._wait_for_predictions(pushed)
         return {"pushed": len(pushed), "skipped_existing": len(done), "problems": report.counts()}
 
+    # -- serving feedback
+    def add_feedback(self, verdicts: list, batch: str, load_model, shown: "Preannotation | None" = None) -> dict:
+        """Tasks for the images operators flagged (atom/labelstudio/feedback.py): each image copied into the
+        scene's folder under feedback/<batch>/ (named by its content: the same image twice is one task), the
+        storage synced, and each task given the feedback's fields and a pre-annotation `<model>:feedback`: the
+        serving model's boxes with the verdicts applied. `load_model(verdict)` -> (detector, "NAME/VERSION").
+        Idempotent: a task that has its feedback pre-annotation is left as it is."""
+        import hashlib
+        import shutil
+
+        from atom.labelstudio.feedback import apply_verdicts, summary
+
+        shown = shown or Preannotation()
+        folder = Path(self.scene.images).resolve() / "feedback" / batch
+        by_image: dict[Path, list] = {}
+        for v in verdicts:
+            by_image.setdefault(v.image, []).append(v)
+        placed = {}
+        for image in by_image:
+            digest = hashlib.sha256(image.read_bytes()).hexdigest()[:12]
+            target = folder / f"{digest}-{image.name}"
+            if not target.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f".{target.name}.tmp"
+                shutil.copyfile(image, tmp)
+                tmp.rename(target)
+            placed[image] = target
+        self.ensure()  # the sync makes the new images' tasks (linked to their files: no twins later)
+        tasks = {t.data.get("image"): t for t in self.tasks()}
+        models: dict[str, tuple] = {}
+        done: dict[str, set[int]] = {}  # model version -> tasks that have its feedback pre-annotation
+        request, described = [], 0
+        for image, group in by_image.items():
+            task = tasks[task_url(placed[image], self.document_root)]
+            key = group[0].model or group[0].bundle_sha256
+            if key not in models:
+                models[key] = load_model(group[0])
+            detector, model_version = models[key]
+            version = f"{model_version}:feedback"
+            fields = {"feedback_batch": batch, "model_version": model_version, "feedback": summary(group),
+                      **group[0].extra}
+            if any(task.data.get(k) != v for k, v in fields.items()):
+                self.conn.call("describe a feedback task", self.client.tasks.update, id=task.id,
+                               data={**task.data, **fields})
+                described += 1
+            if version not in done:
+                done[version] = self._tasks_predicted_by(version)
+            if task.id in done[version]:
+                continue
+            (d,) = predict_images(detector, [placed[image]])
+            d = shown.select(d)
+            boxes, labels, scores = apply_verdicts(d.boxes, d.labels, d.scores, group)
+            result = [box_result(Box(shown.class_map.get(label, label), *box), d.width, d.height, score)
+                      for box, label, score in zip(boxes, labels, scores)]
+            request.append({"task": task.id, "result": result, "model_version": version,
+                            "score": float(np.mean([s for s in scores if s is not None] or [0.0]))})
+        self._import_predictions(request)
+        self._wait_for_predictions(request)
+        return {"batch": batch, "images": len(by_image), "verdicts": len(verdicts), "tasks_described": described,
+                "preannotations_pushed": len(request), "folder": str(folder)}
+
     # -- labeling queue
     def queue(self, detector, model_version: str, diversity_weight: float = 1.0,
               shown: "Preannotation | None" = None, batch_size: int = 8, cold_start: int | None = None) -> dict:
