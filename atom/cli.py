@@ -78,14 +78,29 @@ def cmd_data_sample(args) -> int:
     return 0
 
 
+def _redactor(args):
+    from atom import tracking
+    from atom.privacy import PrivacyPolicy, Redactor
+
+    plates = None
+    if args.plates_model:
+        tracking.configure(args.output_dir)
+        plates = tracking.load_detector(tracking.resolve_model(args.plates_model))
+    policy = PrivacyPolicy(face_threshold=args.face_threshold, plates_model=args.plates_model,
+                           plate_classes=tuple(args.plate_classes.split(",")), mode=args.redact_mode)
+    return Redactor(policy, plates)
+
+
 def cmd_data_frames(args) -> int:
-    from atom.data.frames import CONTACT_SHEET, FramesError, Sampling, extract, parse_duration
+    from atom.data.frames import CONTACT_SHEET, Sampling, extract, parse_duration
+    from atom.errors import AtomError
 
     try:
         every = parse_duration(args.every) if args.every else (None if args.count else 2.0)
         sampling = Sampling(every_s=every, count=args.count, min_change=args.min_change)
-        results = extract(Path(args.path), Path(args.out), sampling, args.camera, not args.no_progress)
-    except FramesError as e:
+        redactor = _redactor(args) if args.redact else None
+        results = extract(Path(args.path), Path(args.out), sampling, args.camera, not args.no_progress, redactor)
+    except AtomError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for r in results:
@@ -300,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="percent of the frame that must differ from every frame kept for the camera (default "
                           "0.01: a distant pedestrian moves ~0.02; 0 drops only frames identical to a kept one)")
     frm.add_argument("--camera", help="camera id for every video (default: subfolder or file name)")
+    frm.add_argument("--redact", action="store_true",
+                     help="the frames leave the trusted zone: blur faces (CenterFace) and, with --plates-model, "
+                          "licence plates before writing (atom/privacy.py)")
+    frm.add_argument("--redact-mode", default="blur", choices=["blur", "pixelate"])
+    frm.add_argument("--face-threshold", type=float, default=0.2, help="CenterFace score to redact at (0.2)")
+    frm.add_argument("--plates-model", help="a registered ATOM model (NAME@ALIAS) whose --plate-classes boxes are "
+                     "licence plates to redact")
+    frm.add_argument("--plate-classes", default="plate", help="comma-separated class names of --plates-model")
+    frm.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs"),
+                     help="the embedded MLflow store's folder, for --plates-model")
     frm.add_argument("--no-progress", action="store_true")
     frm.set_defaults(func=cmd_data_frames)
     lst = dsub.add_parser("list", help="list datasets and their versions")

@@ -46,7 +46,7 @@ def test_fixed_camera_keeps_the_empty_scene_once_and_every_car_frame(tmp_path, c
     video = write_video(tmp_path / "cam1.mkv")
     out = tmp_path / "frames"
     assert atom(["data", "frames", str(video), "--out", str(out), "--every", "1s", "--no-progress"]) == 0
-    (report,) = json.loads((out / "frames-report.json").read_text())
+    (report,) = json.loads((out / "frames-report.json").read_text())["videos"]
     assert report["decoded"] == 100 and report["sampled"] == 10 and report["status"] == "done"
     lines = read_lines(out)
     times = [f["time_s"] for f in lines]
@@ -64,7 +64,7 @@ def test_fixed_camera_keeps_the_empty_scene_once_and_every_car_frame(tmp_path, c
 
     # other settings redo it: a frame every 0.5 s samples twice as many, and still keeps the empty scene once
     assert atom(["data", "frames", str(video), "--out", str(out), "--every", "500ms", "--no-progress"]) == 0
-    (report,) = json.loads((out / "frames-report.json").read_text())
+    (report,) = json.loads((out / "frames-report.json").read_text())["videos"]
     assert report["status"] == "done" and report["sampled"] == 20
     assert sum(1 for f in read_lines(out) if not 3.0 <= f["time_s"] < 6.0) == 1
 
@@ -81,7 +81,7 @@ def test_count_and_threshold_and_one_folder_per_camera(tmp_path):
     empty = [f for f in lines if not (3.0 <= f["time_s"] < 6.0 and "/a-" in f["image"])
              and not (1.0 <= f["time_s"] < 2.0 and "/b-" in f["image"])]
     assert len(empty) == 1, [f["image"] for f in empty]
-    report = json.loads((out / "frames-report.json").read_text())
+    report = json.loads((out / "frames-report.json").read_text())["videos"]
     assert [r["sampled"] for r in report] == [5, 5]
 
     strict = tmp_path / "strict"  # a lenient setting keeps more: the codec's noise alone makes frames differ
@@ -101,7 +101,7 @@ def test_damaged_footage_is_reported_by_file_and_frame_and_the_rest_goes_on(tmp_
     err = capsys.readouterr().err
     assert f"{folder / 'cut.mkv'}: truncated or corrupt: decoding stopped at frame" in err
     assert f"{folder / 'garbage.mp4'}: cannot open as video" in err
-    report = {Path(r["source"]).name: r for r in json.loads((out / "frames-report.json").read_text())}
+    report = {Path(r["source"]).name: r for r in json.loads((out / "frames-report.json").read_text())["videos"]}
     assert report["cut.mkv"]["status"] == "failed" and report["cut.mkv"]["kept"] >= 2  # frames before the cut
     assert report["good.mkv"]["status"] == "done" and report["good.mkv"]["kept"] == 4
     cut_frames = [f for f in read_lines(out) if f["camera"] == "cut"]
@@ -120,7 +120,7 @@ def test_real_fixed_camera_footage(shared_datasets, tmp_path):
     out = tmp_path / "frames"
     assert atom(["data", "frames", str(shared_datasets / "videos"), "--out", str(out), "--every", "2s",
                  "--no-progress"]) == 0
-    report = {Path(r["source"]).name: r for r in json.loads((out / "frames-report.json").read_text())}
+    report = {Path(r["source"]).name: r for r in json.loads((out / "frames-report.json").read_text())["videos"]}
     assert set(report) == {"car-detection.mp4", "person-bicycle-car-detection.mp4"}
     for r in report.values():  # ~30 and ~38 s of footage, a frame every 2 s; long empty stretches are dropped
         assert r["status"] == "done" and r["decoded"] > 300 and r["duplicates"] > 0 and r["kept"] > 0

@@ -4,7 +4,7 @@
 
     DIR/<camera>/<video stem>-<ms>.jpg     kept frames (the time into the video, in milliseconds, in the name)
     DIR/frames.jsonl                       one line per kept frame: image, camera, source, time_s, recorded_at, ...
-    DIR/frames-report.json                 per video: decoded, sampled, kept, dropped as near-duplicates, errors
+    DIR/frames-report.json                 redaction policy; per video: decoded, sampled, kept, near-duplicates, errors
     DIR/.contact_sheet.jpg                 the kept frames at a glance (hidden: not an image to label)
     DIR/.frames/<camera>/<stem>.json       per video, written when it is done: what a rerun skips
 
@@ -21,6 +21,9 @@ Resumable per video: a video whose record in .frames/ matches its size, modifica
 skipped, and its kept frames still count for its camera's later videos; an interrupted video is done again (same
 file names, the same frames). A corrupt or truncated video is reported with the file and the frame where decoding
 failed; the frames kept before it stay, and the other videos go on.
+
+`--redact` (atom/privacy.py): frames leave the trusted zone, so faces (and, with a plate model, licence plates) are
+blurred before they are written; each manifest line lists what was redacted and the report names the policy.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ def _recorded_at(container) -> datetime | None:
 
 
 def sample_video(video: Path, camera: str, out: Path, sampling: Sampling, kept: list[np.ndarray],
-                 progress=None) -> VideoResult:
+                 progress=None, redactor=None) -> VideoResult:
     """Decode one video, keep sampled frames that are no near-duplicate of `kept` (the signatures of the camera's
     frames kept so far, extended in place)."""
     import time
@@ -199,11 +202,17 @@ def sample_video(video: Path, camera: str, out: Path, sampling: Sampling, kept: 
                     result.duplicates += 1
                     continue
                 name = f"{camera}/{video.stem}-{round(t * 1000):08d}.jpg"
+                found = []
+                if redactor is not None:  # the frames leave the trusted zone: faces (and plates) blurred
+                    image, found = redactor(image)
                 _write_jpeg(image, out / name, sampling.quality)
                 kept.append(sig)
                 entry = {"image": name, "camera": camera, "source": result.source, "frame_index": index,
                          "time_s": round(t, 3), "width": image.width, "height": image.height,
                          "changed_percent": round(min(changed, 100.0), 4)}
+                if redactor is not None:
+                    entry["redacted"] = [{"kind": kind, "box": [round(v, 1) for v in box], "score": round(score, 3)}
+                                         for kind, box, score in found]
                 if recorded:
                     entry["recorded_at"] = (recorded + timedelta(seconds=t)).isoformat()
                 result.frames.append(entry)
@@ -228,19 +237,23 @@ def _record_path(out: Path, camera: str, video: Path) -> Path:
     return out / ".frames" / camera / f"{video.stem}.json"
 
 
-def _settings(sampling: Sampling, video: Path) -> dict:
+def _settings(sampling: Sampling, video: Path, redaction: dict | None) -> dict:
     stat = video.stat()
-    return {"format": RECORD_FORMAT, "sampling": asdict(sampling), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+    return {"format": RECORD_FORMAT, "sampling": asdict(sampling), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+            "redaction": redaction}
 
 
 def extract(path: Path, out: Path, sampling: Sampling, camera: str | None = None,
-            show_progress: bool = False) -> list[VideoResult]:
-    """Sample every video under `path` into `out`; returns one result per video (see the module's docstring)."""
+            show_progress: bool = False, redactor=None) -> list[VideoResult]:
+    """Sample every video under `path` into `out`; returns one result per video (see the module's docstring).
+    `redactor` (atom.privacy.Redactor): the written frames have faces (and plates) blurred, and the report says
+    how (frames-report.json's "redaction")."""
     path, out = Path(path), Path(out)
     videos = find_videos(path)
     root = path if path.is_dir() else path.parent
     out.mkdir(parents=True, exist_ok=True)
     signatures: dict[str, list[np.ndarray]] = {}
+    redaction = redactor.policy.describe() if redactor is not None else None
     results: list[VideoResult] = []
     progress = None
     if show_progress:
@@ -253,21 +266,21 @@ def extract(path: Path, out: Path, sampling: Sampling, camera: str | None = None
             cam = camera_of(video, root, camera)
             kept = signatures.setdefault(cam, [])
             record_file = _record_path(out, cam, video)
-            settings = _settings(sampling, video)
+            settings = _settings(sampling, video, redaction)
             record = json.loads(record_file.read_text()) if record_file.exists() else None
             if record and record["settings"] == settings and all((out / f["image"]).exists()
                                                                   for f in record["result"]["frames"]):
                 result = VideoResult(**{**record["result"], "status": "skipped"})
                 kept.extend(_signature_of(out / f["image"]) for f in result.frames)
             else:
-                result = sample_video(video, cam, out, sampling, kept, progress)
+                result = sample_video(video, cam, out, sampling, kept, progress, redactor)
                 if result.status == "done":  # a failed video is tried again by the next run
                     _write_json(record_file, {"settings": settings, "result": asdict(result)})
             results.append(result)
     finally:
         if progress:
             progress.stop()
-    _write_manifest(out, results)
+    _write_manifest(out, results, redaction)
     return results
 
 
@@ -285,13 +298,14 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _write_manifest(out: Path, results: list[VideoResult]) -> None:
+def _write_manifest(out: Path, results: list[VideoResult], redaction: dict | None = None) -> None:
     """frames.jsonl, frames-report.json and the contact sheet, rebuilt from every video's result."""
     lines = [json.dumps(f) for r in results for f in r.frames]
     tmp = out / ".frames.jsonl.tmp"
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, out / "frames.jsonl")
-    report = [{k: v for k, v in asdict(r).items() if k != "frames"} for r in results]
+    report = {"redaction": redaction or "none: frames written as decoded (inside the trusted zone)",
+              "videos": [{k: v for k, v in asdict(r).items() if k != "frames"} for r in results]}
     _write_json(out / "frames-report.json", report)
     frames = [f for r in results for f in r.frames]
     if frames:
