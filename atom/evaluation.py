@@ -130,6 +130,9 @@ def evaluate_and_log(detector, version: DatasetVersion, split: str, out_dir: Pat
         client.log_metric(run_id, f"{prefix}/AP50/{name}", ap["AP50"])
     for f in files:
         client.log_artifact(run_id, str(f), artifact_path)
+    from atom.privacy import PrivacyPolicy
+
+    client.set_tag(run_id, "privacy.prediction_grid", json.dumps(PrivacyPolicy().describe()))
     return metrics, results
 
 
@@ -163,16 +166,20 @@ def plot_pr_curves(ev, classes: list[str], path: Path) -> Path:
 
 
 def prediction_grid(version: DatasetVersion, split: str, results: list[dict], classes: list[str], path: Path,
-                    n: int = 9, min_score: float = 0.3) -> Path:
-    """A 3x3 grid of images with predicted boxes (score >= min_score) drawn on them."""
+                    n: int = 9, min_score: float = 0.3, redactor=None) -> Path:
+    """A 3x3 grid of images with predicted boxes (score >= min_score) drawn on them. The grid leaves the trusted
+    zone (it is logged to MLflow): `redactor` (atom.privacy, by default faces) obscures what it finds first."""
     import cv2
+    from PIL import Image
 
     from atom.models.preprocess import letterbox, read_rgb
+    from atom.privacy import Redactor
 
+    redactor = redactor or Redactor()
     images = version.coco(split)["images"][:n]
     tiles = []
     for info in images:
-        image = read_rgb(version.root / info["file_name"])
+        image = np.array(redactor(Image.fromarray(read_rgb(version.root / info["file_name"])))[0])
         for r in results:
             if r["image_id"] == info["id"] and r["score"] >= min_score:
                 x, y, w, h = map(int, r["bbox"])

@@ -102,3 +102,21 @@ def test_plates_are_the_boxes_of_a_registered_models_classes(trained, portrait):
     assert len(found) == sum(label == "car" for label in expected.labels) > 0
     assert all(kind == "plate" for kind, _, _ in found)
     assert policy.describe()["plates"] == {"model": ref.uri, "classes": ["car"], "threshold": 0.0}
+
+
+def test_prediction_grids_logged_to_mlflow_have_faces_redacted(portrait, tmp_path):
+    from atom.data.source import Box, Sample, Source
+    from atom.data.version import write_version
+    from atom.evaluation import prediction_grid
+    from atom.privacy import PrivacyPolicy, Redactor, detect_faces
+
+    path = tmp_path / "collins.jpg"
+    portrait.save(path, quality=95)
+    version, _ = write_version(Source([Sample(path, [Box("person", 150, 30, 300, 200)], "val")], ["person"]),
+                               tmp_path / "datasets", "portraits")
+    grid = Image.open(prediction_grid(version, "val", [], ["person"], tmp_path / "grid.jpg"))
+    raw = Image.open(prediction_grid(version, "val", [], ["person"], tmp_path / "raw.jpg",
+                                     redactor=Redactor(PrivacyPolicy(faces=False))))
+    (face, _), = detect_faces(raw)  # the same grid without redaction shows the face, there
+    assert sharpness(grid, face) < 0.1 * sharpness(raw, face)
+    assert detect_faces(grid) == []
