@@ -115,6 +115,23 @@ def cmd_data_frames(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_data_export(args) -> int:
+    from atom.data.export import export_version
+    from atom.data.version import open_version
+    from atom.errors import AtomError
+
+    try:
+        version = open_version(Path(args.datasets), *_name_at(args.dataset))
+        redactor = None if args.no_redact else _redactor(args)
+        card = export_version(version, Path(args.out), redactor)
+    except AtomError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {version.name}@{version.root.name} to {args.out}: {card['exported']['images']} images, "
+          f"{card['exported']['redacted_boxes']} regions redacted")
+    return 0
+
+
 def cmd_data_list(args) -> int:
     root = Path(args.datasets)
     for pointer in sorted(root.glob("*/latest")):
@@ -304,7 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--images", type=int, default=240)
     smp.add_argument("--seed", type=int, default=0)
     smp.set_defaults(func=cmd_data_sample)
-    frm = dsub.add_parser("frames", help="sample frames from camera footage, near-duplicates dropped, with a "
+    redaction = argparse.ArgumentParser(add_help=False)  # what `frames --redact` and `export` blur (atom/privacy.py)
+    redaction.add_argument("--redact-mode", default="blur", choices=["blur", "pixelate"])
+    redaction.add_argument("--face-threshold", type=float, default=0.2, help="CenterFace score to redact at (0.2)")
+    redaction.add_argument("--plates-model", help="a registered ATOM model (NAME@ALIAS) whose --plate-classes "
+                           "boxes are licence plates to redact")
+    redaction.add_argument("--plate-classes", default="plate", help="comma-separated class names of --plates-model")
+    redaction.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs"),
+                           help="the embedded MLflow store's folder, for --plates-model")
+    frm = dsub.add_parser("frames", parents=[redaction], help="sample frames from camera footage, near-duplicates dropped, with a "
                           "manifest of camera, source and time (atom/data/frames.py)")
     frm.add_argument("path", metavar="VIDEO_OR_FOLDER", help="a video, or a folder of them (one subfolder per camera)")
     frm.add_argument("--out", required=True, help="where the frames, frames.jsonl and the report go")
@@ -318,15 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     frm.add_argument("--redact", action="store_true",
                      help="the frames leave the trusted zone: blur faces (CenterFace) and, with --plates-model, "
                           "licence plates before writing (atom/privacy.py)")
-    frm.add_argument("--redact-mode", default="blur", choices=["blur", "pixelate"])
-    frm.add_argument("--face-threshold", type=float, default=0.2, help="CenterFace score to redact at (0.2)")
-    frm.add_argument("--plates-model", help="a registered ATOM model (NAME@ALIAS) whose --plate-classes boxes are "
-                     "licence plates to redact")
-    frm.add_argument("--plate-classes", default="plate", help="comma-separated class names of --plates-model")
-    frm.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs"),
-                     help="the embedded MLflow store's folder, for --plates-model")
     frm.add_argument("--no-progress", action="store_true")
     frm.set_defaults(func=cmd_data_frames)
+    exp = dsub.add_parser("export", parents=[redaction], help="write a version out of the trusted zone (COCO "
+                          "JSON + images), faces and plates redacted by default")
+    exp.add_argument("dataset", metavar="NAME[@VERSION]")
+    exp.add_argument("--out", required=True, help="a new folder")
+    exp.add_argument("--no-redact", action="store_true", help="images as they are (the export stays inside the zone)")
+    exp.add_argument("--datasets", default=str(DATASETS_DIR))
+    exp.set_defaults(func=cmd_data_export)
     lst = dsub.add_parser("list", help="list datasets and their versions")
     lst.add_argument("--datasets", default=str(DATASETS_DIR))
     lst.set_defaults(func=cmd_data_list)

@@ -120,3 +120,28 @@ def test_prediction_grids_logged_to_mlflow_have_faces_redacted(portrait, tmp_pat
     (face, _), = detect_faces(raw)  # the same grid without redaction shows the face, there
     assert sharpness(grid, face) < 0.1 * sharpness(raw, face)
     assert detect_faces(grid) == []
+
+
+def test_a_dataset_export_leaves_with_faces_redacted_and_says_how(portrait, tmp_path, capsys):
+    from atom.checksums import sha256_file
+    from atom.data.source import Box, Sample, Source
+    from atom.data.version import write_version
+    from atom.privacy import detect_faces
+
+    path = tmp_path / "collins.jpg"
+    portrait.save(path, quality=95)
+    version, _ = write_version(Source([Sample(path, [Box("person", 150, 30, 300, 200)], "train")], ["person"]),
+                               tmp_path / "datasets", "portraits")
+    out = tmp_path / "export"
+    assert atom(["data", "export", "portraits", "--out", str(out), "--datasets", str(tmp_path / "datasets")]) == 0
+    coco = json.loads((out / "annotations" / "train.json").read_text())
+    (image,) = coco["images"]
+    assert coco["annotations"][0]["bbox"] == version.coco("train")["annotations"][0]["bbox"]
+    assert detect_faces(Image.open(out / image["file_name"])) == []
+    assert sha256_file(out / image["file_name"]) == image["sha256"]  # the exported bytes, not the version's
+    card = json.loads((out / "card.json").read_text())
+    assert card["exported"]["redacted_boxes"] == 1 and card["exported"]["redaction"]["faces"]["threshold"] == 0.2
+    assert detect_faces(Image.open(version.root / image["file_name"]))  # the version itself is untouched
+    capsys.readouterr()
+    assert atom(["data", "export", "portraits", "--out", str(out), "--datasets", str(tmp_path / "datasets")]) == 1
+    assert "not empty" in capsys.readouterr().err  # an earlier export is never overwritten
