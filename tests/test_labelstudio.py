@@ -392,13 +392,15 @@ def test_serving_feedback_becomes_corrected_tasks_a_dataset_version_and_lineage(
             assert any(label == "car" and score is None and _iou(b, [10, 10, 60, 50]) > 0.95 for label, b, score in px)
         else:  # the second: the detection relabeled, as the operator's (no model score)
             assert any(label == other and score is None and _iou(b, d2.boxes[0]) > 0.95 for label, b, score in px)
-    assert json.loads(atom("feedback", str(feedback)).stdout)["preannotations_pushed"] == 0  # once per batch
+    from recipes import label as recipes_label  # in-process from here on: the CLI path is shown above
+
+    again = compose("label", [*args, f"feedback.file={feedback}"])
+    assert recipes_label.feedback(again)["preannotations_pushed"] == 0  # once per batch
 
     for task in tasks.values():  # annotators accept the corrected boxes
         pred = next(p for p in preds if p.task == task.id)
         project.client.annotations.create(id=task.id, result=pred.result)
-    pulled = atom("pull", "dataset_name=fb")
-    assert pulled.returncode == 0, pulled.stderr
+    recipes_label.pull(compose("label", [*args, "dataset_name=fb"]))
     version = open_version(tmp_path / "datasets", "fb")
     assert version.card["provenance"] == {"feedback_batches": ["night-shift"]}
     assert tracking.lineage_tags(version)["dataset.feedback_batches"] == "night-shift"
