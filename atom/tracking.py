@@ -112,14 +112,14 @@ def register_logged(model_uri: str, run_id: str, name: str, tags: dict[str, str]
 
 
 def find_by_bundle(sha256: str) -> ModelRef:
-    """The registered version one of whose exported bundles holds a file with this sha256 (the `bundle.FORMAT.files`
+    """The registered version one of whose exported bundles holds a file with this sha256 (the `bundle_files.FORMAT`
     tags that exporters/bundle.py log_bundle sets)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     for mv in client.search_model_versions():
         for key, value in (mv.tags or {}).items():
-            if key.startswith("bundle.") and key.endswith(".files") and sha256 in json.loads(value).values():
+            if key.startswith("bundle_files.") and sha256 in json.loads(value).values():
                 return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags), _model_id(mv))
     raise RegistryError(f"no registered model version has a bundle file with sha256 {sha256} in the registry at "
                         f"{client.tracking_uri}")

@@ -244,7 +244,8 @@ def log_bundle(ref: ModelRef, bundle: Path, format_name: str) -> str:
     uri = f"{ref.uri}/{path}"
     client.set_model_version_tag(ref.name, ref.version, f"bundle.{format_name}", uri)
     # The files' sha256, as the manifest lists them: serving feedback names the bundle it ran by these
-    # (atom/labelstudio/feedback.py), and tracking.find_by_bundle finds the version from them.
+    # (atom/labelstudio/feedback.py), and tracking.find_by_bundle finds the version from them. Not under
+    # `bundle.`: those tags are the bundles themselves (atom models list).
     files = json.loads((bundle / "manifest.json").read_text()).get("files", {})
-    client.set_model_version_tag(ref.name, ref.version, f"bundle.{format_name}.files", json.dumps(files))
+    client.set_model_version_tag(ref.name, ref.version, f"bundle_files.{format_name}", json.dumps(files))
     return uri

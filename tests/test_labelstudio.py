@@ -409,6 +409,7 @@ def test_serving_feedback_becomes_corrected_tasks_a_dataset_version_and_lineage(
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     child = train(compose("train", ["experiment=sample", f"paths.datasets={cfg.paths.datasets}",
                                     f"paths.output_dir={outputs}", "run_name=child", f"init={model}",
+                                    "tracking.model_name=atom-sample-child",  # the shared store's atom-sample stays v1
                                     "detector.input_size=128", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                                     "trainer.limit_val_batches=1", "data.batch_size=4", "callbacks.rich_progress=false"]))
     tracking.configure(outputs)
