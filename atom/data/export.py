@@ -43,7 +43,7 @@ def export_version(version: DatasetVersion, out: Path, redactor=None) -> dict:
                 else:
                     with Image.open(src) as image:
                         clean, found = redactor(image)
-                    clean.save(dst, quality=95) if dst.suffix.lower() in (".jpg", ".jpeg") else clean.save(dst)
+                    clean.save(dst, quality=95)  # quality is read by the JPEG writer only
                     redacted += len(found)
                 if "sha256" in info:  # the file as exported: a redacted image is not the version's
                     info["sha256"] = sha256_file(dst)

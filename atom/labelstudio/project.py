@@ -315,9 +315,9 @@ class SceneProject:
         storage synced, and each task given the feedback's fields and a pre-annotation `<model>:feedback`: the
         serving model's boxes with the verdicts applied. `load_model(verdict)` -> (detector, "NAME/VERSION").
         Idempotent: a task that has its feedback pre-annotation is left as it is."""
-        import hashlib
         import shutil
 
+        from atom.checksums import sha256_file
         from atom.labelstudio.feedback import apply_verdicts, summary
 
         shown = shown or Preannotation()
@@ -327,7 +327,7 @@ class SceneProject:
             by_image.setdefault(v.image, []).append(v)
         placed = {}
         for image in by_image:
-            digest = hashlib.sha256(image.read_bytes()).hexdigest()[:12]
+            digest = sha256_file(image)[:12]
             target = folder / f"{digest}-{image.name}"
             if not target.exists():
                 folder.mkdir(parents=True, exist_ok=True)
