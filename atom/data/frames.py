@@ -29,7 +29,6 @@ blurred before they are written; each manifest line lists what was redacted and 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -42,7 +41,6 @@ import numpy as np
 
 from atom.errors import AtomError
 
-log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".ts", ".webm", ".flv", ".mpg", ".mpeg"}
 THUMB_WIDTH = 192  # frames are compared as thumbnails this wide, blurred: compression noise averages out
